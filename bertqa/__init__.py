@@ -1,0 +1,1 @@
+"""BERT question answering served by Triton Inference Server."""

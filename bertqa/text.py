@@ -1,0 +1,290 @@
+"""Question/context windowing and answer-span decoding.
+
+Written once and used by the Triton Python models (`qa_preprocess`, `qa_postprocess`) and by the
+in-process reference pipeline, so served answers and reference answers come from the same code.
+
+Conventions
+- Windows follow Hugging Face semantics: consecutive windows of one context overlap by
+  ``doc_stride`` tokens (``tokenizers``' ``stride``).
+- Character offsets are Python string indices (Unicode code points) into the original context, so
+  ``context[start:end] == answer``.
+- ``offsets[w, t] == (-1, -1)`` marks tokens of window ``w`` that are not context tokens
+  (``[CLS]``, question, ``[SEP]``, padding); only context tokens can start or end an answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+from tokenizers.processors import TemplateProcessing
+
+
+class InvalidInputError(ValueError):
+    """A request the models cannot answer; the message names the problem (-> HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class WindowingConfig:
+    max_seq_len: int = 384
+    doc_stride: int = 128
+    max_query_len: int = 64
+    # Windows are padded to the smallest bucket that fits them, so the dynamic batcher can group
+    # requests of equal shape without padding everything to max_seq_len.
+    seq_len_buckets: tuple[int, ...] = (384,)
+    max_windows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len - self.max_query_len - 3 <= self.doc_stride:
+            raise ValueError(
+                f"max_seq_len ({self.max_seq_len}) - max_query_len ({self.max_query_len}) - 3 special "
+                f"tokens must exceed doc_stride ({self.doc_stride}), or windows could not advance"
+            )
+        if not self.seq_len_buckets or max(self.seq_len_buckets) != self.max_seq_len:
+            raise ValueError(
+                f"seq_len_buckets {self.seq_len_buckets} must end at max_seq_len {self.max_seq_len}"
+            )
+        if min(self.seq_len_buckets) < self.max_query_len + 4:
+            raise ValueError(f"the smallest bucket {min(self.seq_len_buckets)} cannot hold a question")
+        if self.max_windows < 1:
+            raise ValueError("max_windows must be >= 1")
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    n_best: int = 20
+    max_answer_len: int = 30
+
+
+@dataclass
+class Windows:
+    """Fixed-length model inputs for a batch of question/context pairs (N windows, length L)."""
+
+    input_ids: np.ndarray  # [N, L] int64
+    attention_mask: np.ndarray  # [N, L] int64
+    token_type_ids: np.ndarray  # [N, L] int64
+    offsets: np.ndarray  # [N, L, 2] int64 character offsets into the pair's context, -1 if not context
+    pair_index: np.ndarray  # [N] int64: which pair of the batch each window belongs to
+
+    @property
+    def num_windows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, window_indices: np.ndarray) -> "Windows":
+        return Windows(
+            self.input_ids[window_indices],
+            self.attention_mask[window_indices],
+            self.token_type_ids[window_indices],
+            self.offsets[window_indices],
+            self.pair_index[window_indices],
+        )
+
+
+@dataclass(frozen=True)
+class Span:
+    """The best answer of one pair: character offsets into its context and a probability-like score."""
+
+    start: int
+    end: int
+    score: float
+    window: int = -1  # index of the window it came from (-1: no answer found)
+    logit: float = field(default=-math.inf, compare=False)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Loads a `tokenizer.json`, making sure pairs are encoded as ``[CLS] q [SEP] c [SEP]``.
+
+    A tokenizer saved by `tokenizers`' ``BertWordPieceTokenizer.save()`` has no post-processor;
+    one saved by ``transformers``' ``save_pretrained`` has it. Both work here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {path}")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    if tokenizer.post_processor is None:
+        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise ValueError(f"{path}: vocabulary has no [CLS]/[SEP] tokens; not a BERT tokenizer")
+        tokenizer.post_processor = TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+    return tokenizer
+
+
+def _decode_text(value: bytes | str, name: str, index: int) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidInputError(
+                f"{name}[{index}] is not valid UTF-8 (byte 0x{value[err.start]:02x} at position {err.start})"
+            ) from None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name}[{index}] must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInputError(f"{name}[{index}] is empty")
+    return value
+
+
+def decode_texts(values: Sequence[bytes | str], name: str) -> list[str]:
+    """UTF-8 decodes and validates one request input (a flat sequence of BYTES elements)."""
+    return [_decode_text(v, name, i) for i, v in enumerate(values)]
+
+
+class QAWindower:
+    """Turns (question, context) pairs into overlapping fixed-length windows."""
+
+    def __init__(self, tokenizer: Tokenizer, config: WindowingConfig = WindowingConfig()):
+        self.config = config
+        # Two tokenizer objects: truncation and padding settings are state of the object.
+        self._question_tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._question_tokenizer.no_truncation()
+        self._pair_tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._pair_tokenizer.enable_truncation(
+            max_length=config.max_seq_len, stride=config.doc_stride, strategy="only_second"
+        )
+        self._pair_tokenizer.no_padding()
+        pad_id = tokenizer.token_to_id("[PAD]")
+        self._pad_id = 0 if pad_id is None else pad_id
+
+    def _truncate_questions(self, questions: list[str]) -> list[str]:
+        limit = self.config.max_query_len
+        encodings = self._question_tokenizer.encode_batch(questions, add_special_tokens=False)
+        truncated = []
+        for question, encoding in zip(questions, encodings):
+            if not encoding.ids:
+                raise InvalidInputError(f"question {question[:40]!r} has no tokens")
+            if len(encoding.ids) > limit:
+                question = question[: encoding.offsets[limit - 1][1]]
+            truncated.append(question)
+        return truncated
+
+    def windows(self, questions: Sequence[str], contexts: Sequence[str]) -> Windows:
+        if len(questions) != len(contexts):
+            raise InvalidInputError(
+                f"got {len(questions)} questions but {len(contexts)} contexts; they must pair up"
+            )
+        if not questions:
+            raise InvalidInputError("no question/context pairs in the request")
+        questions = self._truncate_questions(list(questions))
+        encodings = self._pair_tokenizer.encode_batch(list(zip(questions, contexts)))
+
+        per_pair = [[encoding, *encoding.overflowing] for encoding in encodings]
+        total = sum(len(w) for w in per_pair)
+        if total > self.config.max_windows:
+            longest = max(range(len(per_pair)), key=lambda i: len(per_pair[i]))
+            raise InvalidInputError(
+                f"the request needs {total} windows of {self.config.max_seq_len} tokens "
+                f"(context[{longest}] alone needs {len(per_pair[longest])}), but at most "
+                f"{self.config.max_windows} fit in one request; send long contexts as separate requests"
+            )
+        longest_window = max(len(w.ids) for windows in per_pair for w in windows)
+        length = next(b for b in sorted(self.config.seq_len_buckets) if b >= longest_window)
+
+        input_ids = np.full((total, length), self._pad_id, dtype=np.int64)
+        attention_mask = np.zeros((total, length), dtype=np.int64)
+        token_type_ids = np.zeros((total, length), dtype=np.int64)
+        offsets = np.full((total, length, 2), -1, dtype=np.int64)
+        pair_index = np.empty(total, dtype=np.int64)
+        row = 0
+        for pair, windows in enumerate(per_pair):
+            has_context = False
+            for window in windows:
+                n = len(window.ids)
+                input_ids[row, :n] = window.ids
+                attention_mask[row, :n] = window.attention_mask
+                token_type_ids[row, :n] = window.type_ids
+                is_context = np.fromiter(
+                    (s == 1 for s in window.sequence_ids), dtype=bool, count=n
+                )
+                if is_context.any():
+                    has_context = True
+                    offsets[row, :n][is_context] = np.asarray(window.offsets, dtype=np.int64)[is_context]
+                pair_index[row] = pair
+                row += 1
+            if not has_context:
+                raise InvalidInputError(f"context[{pair}] has no tokens the model can read")
+        return Windows(input_ids, attention_mask, token_type_ids, offsets, pair_index)
+
+
+def _log_softmax_at(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    masked = np.where(mask, logits, -np.inf)
+    peak = masked.max()
+    return masked - (peak + np.log(np.exp(masked - peak).sum()))
+
+
+def best_span_in_window(
+    start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray, config: DecodingConfig
+) -> tuple[int, int, float, float] | None:
+    """Best (start_token, end_token, logit_sum, probability) among the n-best starts and ends.
+
+    Candidates are context tokens only, with end >= start and at most ``max_answer_len`` tokens,
+    ranked by start + end logit (as the SQuAD/MLPerf reference does). The probability is
+    softmax(start) * softmax(end) over the window's context tokens.
+    """
+    is_context = offsets[:, 0] >= 0
+    count = int(is_context.sum())
+    if count == 0:
+        return None
+    k = min(config.n_best, count)
+    masked_start = np.where(is_context, start_logits, -np.inf)
+    masked_end = np.where(is_context, end_logits, -np.inf)
+    top_starts = np.argpartition(-masked_start, k - 1)[:k]
+    top_ends = np.argpartition(-masked_end, k - 1)[:k]
+    length = top_ends[None, :] - top_starts[:, None]
+    valid = (length >= 0) & (length < config.max_answer_len)
+    if not valid.any():
+        return None
+    scores = np.where(valid, masked_start[top_starts][:, None] + masked_end[top_ends][None, :], -np.inf)
+    i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    start, end = int(top_starts[i]), int(top_ends[j])
+    log_p = _log_softmax_at(start_logits, is_context)[start] + _log_softmax_at(end_logits, is_context)[end]
+    return start, end, float(scores[i, j]), float(np.exp(log_p))
+
+
+def decode_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: np.ndarray,
+    pair_index: np.ndarray,
+    num_pairs: int,
+    config: DecodingConfig = DecodingConfig(),
+) -> list[Span]:
+    """The best span for each of ``num_pairs`` pairs over all of its windows."""
+    length = offsets.shape[1]
+    if start_logits.shape != (offsets.shape[0], length) or end_logits.shape != start_logits.shape:
+        raise ValueError(
+            f"logits {start_logits.shape}/{end_logits.shape} do not match offsets {offsets.shape}"
+        )
+    best = [Span(0, 0, 0.0) for _ in range(num_pairs)]
+    for window in range(offsets.shape[0]):
+        found = best_span_in_window(start_logits[window], end_logits[window], offsets[window], config)
+        if found is None:
+            continue
+        start_token, end_token, logit, probability = found
+        pair = int(pair_index[window])
+        if logit > best[pair].logit:
+            best[pair] = Span(
+                start=int(offsets[window, start_token, 0]),
+                end=int(offsets[window, end_token, 1]),
+                score=probability,
+                window=window,
+                logit=logit,
+            )
+    return best
+
+
+def window_text_spans(offsets: np.ndarray) -> np.ndarray:
+    """[N, 2] character range of the context covered by each window's context tokens."""
+    is_context = offsets[:, :, 0] >= 0
+    starts = np.where(is_context, offsets[:, :, 0], np.iinfo(np.int64).max).min(axis=1)
+    ends = np.where(is_context, offsets[:, :, 1], -1).max(axis=1)
+    return np.stack([starts, ends], axis=1)
