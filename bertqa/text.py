@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 from tokenizers.processors import TemplateProcessing
 
 
@@ -167,7 +167,8 @@ class QAWindower:
             truncated.append(question)
         return truncated
 
-    def windows(self, questions: Sequence[str], contexts: Sequence[str]) -> Windows:
+    def encode_pairs(self, questions: Sequence[str], contexts: Sequence[str]) -> list[list[Encoding]]:
+        """Tokenizes all pairs in one call (the Rust tokenizer parallelises it); windows per pair."""
         if len(questions) != len(contexts):
             raise InvalidInputError(
                 f"got {len(questions)} questions but {len(contexts)} contexts; they must pair up"
@@ -176,8 +177,10 @@ class QAWindower:
             raise InvalidInputError("no question/context pairs in the request")
         questions = self._truncate_questions(list(questions))
         encodings = self._pair_tokenizer.encode_batch(list(zip(questions, contexts)))
+        return [[encoding, *encoding.overflowing] for encoding in encodings]
 
-        per_pair = [[encoding, *encoding.overflowing] for encoding in encodings]
+    def assemble(self, per_pair: Sequence[Sequence[Encoding]]) -> Windows:
+        """Pads the windows of one request's pairs to a common bucket length."""
         total = sum(len(w) for w in per_pair)
         if total > self.config.max_windows:
             longest = max(range(len(per_pair)), key=lambda i: len(per_pair[i]))
@@ -202,9 +205,7 @@ class QAWindower:
                 input_ids[row, :n] = window.ids
                 attention_mask[row, :n] = window.attention_mask
                 token_type_ids[row, :n] = window.type_ids
-                is_context = np.fromiter(
-                    (s == 1 for s in window.sequence_ids), dtype=bool, count=n
-                )
+                is_context = np.fromiter((s == 1 for s in window.sequence_ids), dtype=bool, count=n)
                 if is_context.any():
                     has_context = True
                     offsets[row, :n][is_context] = np.asarray(window.offsets, dtype=np.int64)[is_context]
@@ -213,6 +214,9 @@ class QAWindower:
             if not has_context:
                 raise InvalidInputError(f"context[{pair}] has no tokens the model can read")
         return Windows(input_ids, attention_mask, token_type_ids, offsets, pair_index)
+
+    def windows(self, questions: Sequence[str], contexts: Sequence[str]) -> Windows:
+        return self.assemble(self.encode_pairs(questions, contexts))
 
 
 def _log_softmax_at(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,252 @@
+"""The embedded server: the real `tritonserver` 2.51.0 from the nvidia-pytriton wheel, on CPU.
+
+It assembles a backend directory (Triton's Python backend, the stub for the running interpreter,
+and the project's Python-based `onnxruntime` backend), shows the stub this virtualenv's packages,
+loads only the models whose files exist, waits for readiness and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertqa.repository import plan_loading
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+ORT_BACKEND_MODEL = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
+
+
+class ServerError(RuntimeError):
+    """The embedded server cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    binary: Path
+    libraries: Path
+    python_backend: Path
+    stub: Path
+
+    @classmethod
+    def locate(cls) -> "TritonInstall":
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerError("nvidia-pytriton is not installed (pip install nvidia-pytriton==0.7.0)")
+        package = Path(list(spec.submodule_search_locations)[0])
+        root = package / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(
+            binary=root / "bin" / "tritonserver",
+            libraries=package.parent / "nvidia_pytriton.libs",
+            python_backend=root / "backends" / "python",
+            stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        )
+        if not install.binary.is_file():
+            raise ServerError(f"tritonserver binary not found at {install.binary}")
+        if not install.stub.is_file():
+            raise ServerError(f"nvidia-pytriton ships no Python backend stub for Python {version}")
+        return install
+
+
+def libpython_dir() -> Path | None:
+    """Where this interpreter's shared libpython lives; the stub embeds it."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    libdir = sysconfig.get_config_var("LIBDIR")
+    soname = sysconfig.get_config_var("INSTSONAME")
+    if libdir and soname and (Path(libdir) / soname).exists():
+        return Path(libdir)
+    return None
+
+
+def check_stub_libraries(install: TritonInstall, env: dict[str, str]) -> None:
+    """Fails clearly when the stub cannot find a shared libpython (a statically linked Python)."""
+    if shutil.which("ldd") is None:
+        return
+    result = subprocess.run(["ldd", str(install.stub)], capture_output=True, text=True, env=env)
+    missing = [line.split()[0] for line in result.stdout.splitlines() if "not found" in line]
+    if missing:
+        raise ServerError(
+            f"the Triton Python backend stub cannot load {', '.join(missing)}: this Python "
+            f"({sys.executable}) has no shared libpython. Use a Python built with --enable-shared "
+            "(Debian's python3, pyenv with PYTHON_CONFIGURE_OPTS=--enable-shared, or conda)."
+        )
+
+
+def build_backend_directory(install: TritonInstall, target: Path) -> Path:
+    """<target>/python (Triton's Python backend + stub) and <target>/onnxruntime/model.py."""
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    # Copies, not symlinks: Triton refuses a backend library whose real path leaves the directory.
+    for item in install.python_backend.iterdir():
+        if item.is_file():
+            shutil.copy2(item, python_dir / item.name)
+    shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
+    ort_dir = target / "onnxruntime"
+    ort_dir.mkdir()
+    (ort_dir / "model.py").symlink_to(ORT_BACKEND_MODEL)
+    return target
+
+
+def build_repository_view(repository: Path, models: list[str], target: Path) -> Path:
+    """A directory of symlinks to the loadable models only, so Triton needs no model-control API."""
+    target.mkdir(parents=True)
+    for name in models:
+        (target / name).symlink_to(repository.resolve() / name, target_is_directory=True)
+    return target
+
+
+@dataclass
+class EmbeddedServer:
+    """Starts tritonserver over a repository; use as a context manager or call start()/stop()."""
+
+    repository: Path = DEFAULT_REPOSITORY
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "0.0.0.0"
+    log_verbose: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    log_file: Path | None = None
+    startup_timeout_s: float = 120.0
+
+    loaded: list[str] = field(init=False, default_factory=list)
+    skipped: dict[str, str] = field(init=False, default_factory=dict)
+    _process: subprocess.Popen | None = field(init=False, default=None)
+    _workdir: tempfile.TemporaryDirectory | None = field(init=False, default=None)
+
+    @property
+    def http_url(self) -> str:
+        return f"localhost:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://localhost:{self.metrics_port}/metrics"
+
+    def command(self, repository_view: Path, backends: Path, binary: Path) -> list[str]:
+        return [
+            str(binary),
+            f"--model-repository={repository_view}",
+            f"--backend-directory={backends}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def environment(self, install: TritonInstall) -> dict[str, str]:
+        env = dict(os.environ)
+        library_path = [str(install.libraries)]
+        if (libdir := libpython_dir()) is not None:
+            library_path.append(str(libdir))  # the stub then embeds this interpreter, not another
+        if env.get("LD_LIBRARY_PATH"):
+            library_path.append(env["LD_LIBRARY_PATH"])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(library_path)
+        env["BERTQA_SITE_PACKAGES"] = sysconfig.get_paths()["purelib"]
+        return env
+
+    def start(self) -> "EmbeddedServer":
+        repository = Path(self.repository).resolve()
+        self.loaded, self.skipped = plan_loading(repository)
+        bert_models = [n for n in self.loaded if n.startswith("bert_qa")]
+        if not bert_models:
+            reasons = "; ".join(f"{k}: {v}" for k, v in self.skipped.items())
+            raise ServerError(
+                f"no question-answering model in {repository} has its files ({reasons}). "
+                "Install the bundled demo with `bertqa install-demo` or export a checkpoint with "
+                "`bertqa export --checkpoint PATH`."
+            )
+        install = TritonInstall.locate()
+        env = self.environment(install)
+        check_stub_libraries(install, env)
+        self._workdir = tempfile.TemporaryDirectory(prefix="bertqa-triton-")
+        work = Path(self._workdir.name)
+        backends = build_backend_directory(install, work / "backends")
+        view = build_repository_view(repository, self.loaded, work / "models")
+        log = open(self.log_file, "ab") if self.log_file else None
+        self._process = subprocess.Popen(
+            self.command(view, backends, install.binary),
+            env=env,
+            stdout=log or None,
+            stderr=subprocess.STDOUT if log else None,
+            start_new_session=True,  # Ctrl-C reaches us; we forward it once, in order
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        url = f"http://localhost:{self.http_port}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                hint = f" (log: {self.log_file})" if self.log_file else " (see its log above)"
+                raise ServerError(f"tritonserver exited with code {self._process.returncode}{hint}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s")
+
+    def wait(self) -> int:
+        return self._process.wait() if self._process else 0
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._process and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def serve_forever(self) -> int:
+        """Blocks until tritonserver exits; SIGINT/SIGTERM are forwarded for a graceful stop."""
+        stopping = False
+
+        def forward(signum, _frame):
+            nonlocal stopping
+            if self._process and self._process.poll() is None and not stopping:
+                stopping = True
+                self._process.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        code = self.wait()
+        self.stop()
+        return code

@@ -1,0 +1,137 @@
+"""A Python-based Triton backend that serves `platform: "onnxruntime_onnx"` models with ONNX Runtime.
+
+The NGC Triton image serves the same config.pbtxt with its native onnxruntime backend; the
+tritonserver from the nvidia-pytriton wheel has no native one, so embedded mode loads this instead.
+It honours the native backend's thread parameters and graph optimisation level, runs on the
+instance's device, and batches across requests like pytriton: concatenate, run once, split back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from bertqa.triton.common import error_response, version_dir
+from bertqa.triton.params import parse_parameters
+
+# Parameters the native onnxruntime backend understands that have no effect here (logged, not errors:
+# the same config.pbtxt must also be valid for the native backend).
+_NATIVE_ONLY_PARAMETERS = (
+    "execution_mode",
+    "enable_mem_arena",
+    "enable_mem_pattern",
+    "memory.enable_memory_arena_shrinkage",
+    "cudnn_conv_algo_search",
+    "session_thread_pool",
+    "share_session_between_instances",
+)
+
+# Triton config graph level -> ONNX Runtime (as the native backend maps it).
+_GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+}
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeParameters:
+    intra_op_thread_count: int = 0  # 0: ONNX Runtime's default (one per physical core)
+    inter_op_thread_count: int = 0
+
+
+def _providers(config: dict, args: dict) -> list:
+    if args.get("model_instance_kind") != "GPU":
+        return ["CPUExecutionProvider"]
+    device = int(args.get("model_instance_device_id", 0))
+    providers = []
+    accelerators = config.get("optimization", {}).get("execution_accelerators", {})
+    for accelerator in accelerators.get("gpu_execution_accelerator", []):
+        if accelerator.get("name") == "tensorrt":
+            options = {"device_id": device, **{k: str(v) for k, v in accelerator.get("parameters", {}).items()}}
+            providers.append(("TensorrtExecutionProvider", options))
+    providers += [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
+    return providers
+
+
+class OnnxRuntimeModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        name = config["name"]
+        try:
+            params = parse_parameters(config, OnnxRuntimeParameters, ignore=_NATIVE_ONLY_PARAMETERS)
+        except ValueError as err:
+            raise pb_utils.TritonModelException(f"{name}: {err}") from err
+        for key in set(config.get("parameters", {})) & set(_NATIVE_ONLY_PARAMETERS):
+            pb_utils.Logger.log_warn(f"{name}: parameter {key!r} only applies to the native onnxruntime backend")
+
+        path = version_dir(args) / (config.get("default_model_filename") or "model.onnx")
+        if not path.is_file():
+            raise pb_utils.TritonModelException(f"{name}: model file not found: {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = params.intra_op_thread_count
+        options.inter_op_num_threads = params.inter_op_thread_count
+        level = int(config.get("optimization", {}).get("graph", {}).get("level", 0))
+        options.graph_optimization_level = _GRAPH_LEVELS.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        available = set(ort.get_available_providers())
+        providers = [p for p in _providers(config, args) if (p if isinstance(p, str) else p[0]) in available]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # ORT raises its own exception types; the message says what failed
+            raise pb_utils.TritonModelException(f"{name}: cannot load {path}: {err}") from err
+
+        self.input_names = [i["name"] for i in config["input"]]
+        self.output_names = [o["name"] for o in config["output"]]
+        session_inputs = {i.name for i in self.session.get_inputs()}
+        session_outputs = {o.name for o in self.session.get_outputs()}
+        missing = (set(self.input_names) - session_inputs) | (set(self.output_names) - session_outputs)
+        if missing:
+            raise pb_utils.TritonModelException(
+                f"{name}: config names tensors {sorted(missing)} that {path.name} does not have "
+                f"(model inputs {sorted(session_inputs)}, outputs {sorted(session_outputs)})"
+            )
+        self.name = name
+        pb_utils.Logger.log_info(
+            f"{name}: {path} on {self.session.get_providers()[0]}, "
+            f"intra_op={params.intra_op_thread_count} inter_op={params.inter_op_thread_count}"
+        )
+
+    def execute(self, requests: list) -> list:
+        # Group requests whose inputs have equal non-batch shapes (e.g. the same sequence bucket),
+        # run each group as one batch and split the outputs back per request.
+        responses: list = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray]]]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            arrays = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names}
+            key = tuple(arrays[n].shape[1:] for n in self.input_names)
+            groups[key].append((i, arrays))
+
+        for members in groups.values():
+            feeds = {n: np.concatenate([arrays[n] for _, arrays in members]) for n in self.input_names}
+            sizes = [arrays[self.input_names[0]].shape[0] for _, arrays in members]
+            try:
+                outputs = self.session.run(self.output_names, feeds)
+            except Exception as err:  # a bad batch fails its own requests, the model stays up
+                for i, _ in members:
+                    responses[i] = error_response(f"{self.name}: inference failed: {err}")
+                continue
+            bounds = np.cumsum(sizes)[:-1]
+            for output_name, output in zip(self.output_names, outputs):
+                if output.shape[0] != sum(sizes):
+                    raise pb_utils.TritonModelException(
+                        f"{self.name}: output {output_name} has batch {output.shape[0]}, expected {sum(sizes)}"
+                    )
+            split = [np.split(output, bounds) for output in outputs]
+            for position, (i, _) in enumerate(members):
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(name, np.ascontiguousarray(parts[position]))
+                        for name, parts in zip(self.output_names, split)
+                    ]
+                )
+        return responses

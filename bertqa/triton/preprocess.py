@@ -1,0 +1,101 @@
+"""`qa_preprocess`: question/context pairs -> BERT windows (one request of B pairs -> N windows)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from bertqa.text import InvalidInputError, QAWindower, WindowingConfig, decode_texts, load_tokenizer, window_text_spans
+from bertqa.triton.common import bytes_tensor, error_response, input_array, version_dir
+from bertqa.triton.params import parse_parameters
+
+
+@dataclass(frozen=True)
+class PreprocessParameters:
+    tokenizer_file: str = "tokenizer.json"
+    max_seq_len: int = 384
+    doc_stride: int = 128
+    max_query_len: int = 64
+    seq_len_buckets: tuple[int, ...] = (384,)
+    max_windows: int = 64
+
+
+class PreprocessModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        try:
+            params = parse_parameters(config, PreprocessParameters)
+            windowing = WindowingConfig(
+                max_seq_len=params.max_seq_len,
+                doc_stride=params.doc_stride,
+                max_query_len=params.max_query_len,
+                seq_len_buckets=params.seq_len_buckets,
+                max_windows=params.max_windows,
+            )
+            tokenizer_path = version_dir(args) / params.tokenizer_file
+            self.windower = QAWindower(load_tokenizer(tokenizer_path), windowing)
+        except (ValueError, FileNotFoundError) as err:
+            raise pb_utils.TritonModelException(f"qa_preprocess: {err}") from err
+        pb_utils.Logger.log_info(f"qa_preprocess: {tokenizer_path}, {windowing}")
+
+    def execute(self, requests: list) -> list:
+        # Decode and validate each request on its own, so one bad request fails alone.
+        responses: list = [None] * len(requests)
+        questions: list[str] = []
+        contexts: list[str] = []
+        spans: list[tuple[int, int, int]] = []  # (request, first pair, pair count)
+        for i, request in enumerate(requests):
+            try:
+                q = decode_texts(input_array(request, "question").reshape(-1), "question")
+                c = decode_texts(input_array(request, "context").reshape(-1), "context")
+                if len(q) != len(c):
+                    raise InvalidInputError(f"got {len(q)} questions but {len(c)} contexts")
+            except InvalidInputError as err:
+                responses[i] = error_response(str(err))
+                continue
+            spans.append((i, len(questions), len(q)))
+            questions += q
+            contexts += c
+
+        # Batch across requests: tokenize every pair in one call, then split back per request.
+        per_pair = []
+        if questions:
+            try:
+                per_pair = self.windower.encode_pairs(questions, contexts)
+            except InvalidInputError:
+                per_pair = None  # some pair is bad: fall back to per-request encoding to blame it
+        for i, first, count in spans:
+            try:
+                encoded = (
+                    per_pair[first : first + count]
+                    if per_pair is not None
+                    else self.windower.encode_pairs(questions[first : first + count], contexts[first : first + count])
+                )
+                windows = self.windower.assemble(encoded)
+            except InvalidInputError as err:
+                responses[i] = error_response(str(err))
+                continue
+            responses[i] = self._response(windows, contexts[first : first + count])
+        return responses
+
+    @staticmethod
+    def _response(windows, contexts: list[str]) -> "pb_utils.InferenceResponse":
+        text_spans = window_text_spans(windows.offsets)
+        window_text = [
+            contexts[pair][start:end].encode("utf-8")
+            for pair, (start, end) in zip(windows.pair_index.tolist(), text_spans.tolist())
+        ]
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("input_ids", windows.input_ids),
+                pb_utils.Tensor("attention_mask", windows.attention_mask),
+                pb_utils.Tensor("token_type_ids", windows.token_type_ids),
+                pb_utils.Tensor("offsets", windows.offsets),
+                pb_utils.Tensor("pair_index", windows.pair_index.reshape(-1, 1)),
+                bytes_tensor("window_text", window_text),
+                pb_utils.Tensor("window_text_start", np.ascontiguousarray(text_spans[:, :1])),
+            ]
+        )
