@@ -292,3 +292,17 @@ def window_text_spans(offsets: np.ndarray) -> np.ndarray:
     starts = np.where(is_context, offsets[:, :, 0], np.iinfo(np.int64).max).min(axis=1)
     ends = np.where(is_context, offsets[:, :, 1], -1).max(axis=1)
     return np.stack([starts, ends], axis=1)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What `bert_qa` returns for one question/context pair."""
+
+    text: str
+    score: float
+    start: int
+    end: int
+
+
+def answers_from_spans(spans: Sequence[Span], contexts: Sequence[str]) -> list[Answer]:
+    return [Answer(c[s.start : s.end], s.score, s.start, s.end) for s, c in zip(spans, contexts)]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from bertqa.text import DecodingConfig, WindowingConfig
 
 T = TypeVar("T")
 
@@ -56,3 +59,35 @@ def parse_parameters(model_config: dict, spec: type[T], *, ignore: tuple[str, ..
         return spec(**values)
     except (TypeError, ValueError) as err:
         raise ParameterError(f"model {model_config.get('name', '?')!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class PreprocessParameters:
+    """`qa_preprocess` parameters (see its config.pbtxt)."""
+
+    tokenizer_file: str = "tokenizer.json"
+    max_seq_len: int = 384
+    doc_stride: int = 128
+    max_query_len: int = 64
+    seq_len_buckets: tuple[int, ...] = (384,)
+    max_windows: int = 64
+
+    def windowing(self) -> WindowingConfig:
+        return WindowingConfig(
+            max_seq_len=self.max_seq_len,
+            doc_stride=self.doc_stride,
+            max_query_len=self.max_query_len,
+            seq_len_buckets=self.seq_len_buckets,
+            max_windows=self.max_windows,
+        )
+
+
+@dataclass(frozen=True)
+class PostprocessParameters:
+    """`qa_postprocess` parameters (see its config.pbtxt)."""
+
+    n_best: int = 20
+    max_answer_len: int = 30
+
+    def decoding(self) -> DecodingConfig:
+        return DecodingConfig(n_best=self.n_best, max_answer_len=self.max_answer_len)

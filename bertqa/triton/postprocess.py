@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bertqa.text import DecodingConfig, decode_spans
+from bertqa.text import decode_spans
 from bertqa.triton.common import bytes_tensor, error_response, input_array
-from bertqa.triton.params import parse_parameters
-
-
-@dataclass(frozen=True)
-class PostprocessParameters:
-    n_best: int = 20
-    max_answer_len: int = 30
+from bertqa.triton.params import PostprocessParameters, parse_parameters
 
 
 class PostprocessModel:
@@ -26,7 +18,7 @@ class PostprocessModel:
             params = parse_parameters(config, PostprocessParameters)
         except ValueError as err:
             raise pb_utils.TritonModelException(f"qa_postprocess: {err}") from err
-        self.decoding = DecodingConfig(n_best=params.n_best, max_answer_len=params.max_answer_len)
+        self.decoding = params.decoding()
 
     def execute(self, requests: list) -> list:
         responses = []

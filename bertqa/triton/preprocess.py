@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bertqa.text import InvalidInputError, QAWindower, WindowingConfig, decode_texts, load_tokenizer, window_text_spans
+from bertqa.text import InvalidInputError, QAWindower, decode_texts, load_tokenizer, window_text_spans
 from bertqa.triton.common import bytes_tensor, error_response, input_array, version_dir
-from bertqa.triton.params import parse_parameters
-
-
-@dataclass(frozen=True)
-class PreprocessParameters:
-    tokenizer_file: str = "tokenizer.json"
-    max_seq_len: int = 384
-    doc_stride: int = 128
-    max_query_len: int = 64
-    seq_len_buckets: tuple[int, ...] = (384,)
-    max_windows: int = 64
+from bertqa.triton.params import PreprocessParameters, parse_parameters
 
 
 class PreprocessModel:
@@ -28,13 +16,7 @@ class PreprocessModel:
         config = json.loads(args["model_config"])
         try:
             params = parse_parameters(config, PreprocessParameters)
-            windowing = WindowingConfig(
-                max_seq_len=params.max_seq_len,
-                doc_stride=params.doc_stride,
-                max_query_len=params.max_query_len,
-                seq_len_buckets=params.seq_len_buckets,
-                max_windows=params.max_windows,
-            )
+            windowing = params.windowing()
             tokenizer_path = version_dir(args) / params.tokenizer_file
             self.windower = QAWindower(load_tokenizer(tokenizer_path), windowing)
         except (ValueError, FileNotFoundError) as err:

@@ -1,0 +1,64 @@
+"""Shared fixtures: a model repository with the demo model and one real tritonserver per session."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from bertqa.demo import DEMO_DIR, install_demo
+from bertqa.server import DEFAULT_REPOSITORY, EmbeddedServer
+
+MODEL_FILES = ("*.onnx", "*.onnx.data", "*.plan", "tokenizer.json")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def copy_repository_configs(target: Path) -> Path:
+    """The committed repository (configs and model.py files) without any exported model files."""
+    shutil.copytree(DEFAULT_REPOSITORY, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_FILES))
+    return target
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory) -> Path:
+    if not (DEMO_DIR / "onnx" / "model.onnx").is_file():
+        pytest.fail(f"the demo model is missing from {DEMO_DIR}; it is committed with the repository")
+    target = copy_repository_configs(tmp_path_factory.mktemp("repo") / "model_repository")
+    install_demo(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def triton_server(repository, tmp_path_factory):
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path_factory.mktemp("logs") / "tritonserver.log"
+    server = EmbeddedServer(
+        repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1", log_file=log
+    )
+    try:
+        server.start()
+    except Exception:
+        if log.exists():
+            print(log.read_text()[-5000:])
+        raise
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(repository):
+    from bertqa.reference import ReferencePipeline
+
+    return ReferencePipeline.from_repository(repository)
