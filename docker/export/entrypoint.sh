@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One-shot job of the `export` service: fill the shared model repository, exit 0 on success so
+# that `triton` (depends_on: condition: service_completed_successfully) starts after it.
+#
+#   CHECKPOINT unset   -> `bertqa install-demo` (no-op when the repository already has a model)
+#   CHECKPOINT set     -> `bertqa export` of the checkpoint mounted at /checkpoint, one run per
+#                         format in EXPORT_FORMATS (auto: onnx + tensorrt with a GPU,
+#                         onnx + onnx-int8 without one)
+set -euo pipefail
+
+repository="${MODEL_REPOSITORY:-/models}"
+checkpoint_dir="${CHECKPOINT_DIR:-/checkpoint}"
+formats="${EXPORT_FORMATS:-auto}"
+mode="${EXPORT_MODE:-always}"
+log() { echo "[bertqa-export] $*" >&2; }
+has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+if [ -z "${CHECKPOINT:-}" ]; then
+    log "CHECKPOINT not set: installing the bundled demo model into ${repository}"
+    exec bertqa install-demo --repository "$repository"
+fi
+
+# Docker creates a missing bind-mount source as an empty directory: say so instead of a traceback.
+# (What the checkpoint must contain -- a Hugging Face folder or a DeepLearningExamples .pt with
+# bert_config.json -- is checked by `bertqa export` itself.)
+if [ -z "$(ls -A "$checkpoint_dir" 2>/dev/null)" ]; then
+    log "CHECKPOINT=${CHECKPOINT} is empty or missing on the host; it must be a checkpoint directory"
+    exit 2
+fi
+
+if [ "$formats" = "auto" ]; then
+    if has_gpu; then
+        formats="onnx tensorrt"
+    else
+        # Dynamic int8 ONNX helps on CPU only; GPUs get the TensorRT engine instead.
+        log "no GPU visible: exporting ONNX and int8 ONNX, no TensorRT engine"
+        formats="onnx onnx-int8"
+    fi
+fi
+
+case "$mode" in always|if-missing) ;; *) log "EXPORT_MODE must be always or if-missing, not '${mode}'"; exit 2 ;; esac
+
+for format in ${formats//,/ }; do
+    case "$format" in
+        onnx) produced="bert_onnx/1/model.onnx" ;;
+        onnx-int8) produced="bert_onnx_int8/1/model.onnx" ;;
+        tensorrt)
+            produced="bert_trt/1/model.plan"
+            if ! has_gpu; then
+                log "EXPORT_FORMATS asks for tensorrt but no GPU is visible to the export container"
+                exit 2
+            fi
+            # An engine from another TensorRT would be refused by Triton at load time.
+            python3 "$(dirname "$(readlink -f "$0")")/check_tensorrt.py" --strict
+            ;;
+        *) log "unknown export format '${format}' (onnx, onnx-int8, tensorrt)"; exit 2 ;;
+    esac
+    if [ "$mode" = "if-missing" ] && [ -f "$repository/$produced" ]; then
+        log "${format}: ${produced} exists, skipped (EXPORT_MODE=if-missing)"
+        continue
+    fi
+    extra=()
+    if [ "$format" = "onnx-int8" ] && [ -f "${BERTQA_EVAL_FILE:-}" ]; then
+        extra+=(--eval-file "$BERTQA_EVAL_FILE")  # F1 of int8 against FP32 in the export log
+    fi
+    log "${format}: exporting ${CHECKPOINT}"
+    bertqa export --checkpoint "$checkpoint_dir" --format "$format" --repository "$repository" "${extra[@]}"
+done
+log "done"
