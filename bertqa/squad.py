@@ -52,8 +52,9 @@ def read_examples(path: str | Path, *, require_answers: bool = False) -> list[QA
                 for qa in paragraph.get("qas", []):
                     answers = tuple(a["text"] for a in qa.get("answers", []))
                     examples.append(QAExample(str(qa.get("id", len(examples))), qa["question"], context, answers))
-    elif data is None or isinstance(data, list):
-        rows = data if isinstance(data, list) else []
+    elif data is None or isinstance(data, (list, dict)):
+        # A JSON list of records, JSON Lines, or JSON Lines holding a single record (parses as a dict).
+        rows = data if isinstance(data, list) else [data] if isinstance(data, dict) else []
         if data is None:
             for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
