@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -167,6 +168,20 @@ class EmbeddedServer:
         env["BERTQA_SITE_PACKAGES"] = sysconfig.get_paths()["purelib"]
         return env
 
+    def check_ports_free(self) -> None:
+        """Another server on our port would answer our readiness probe; refuse to start instead."""
+        address = "" if self.host in ("0.0.0.0", "::") else self.host
+        for label, port in (("HTTP", self.http_port), ("gRPC", self.grpc_port), ("metrics", self.metrics_port)):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((address, port))
+                except OSError as err:
+                    raise ServerError(
+                        f"{label} port {port} is already in use ({err.strerror}); stop the other server "
+                        "or choose another port (--http-port/--grpc-port/--metrics-port)"
+                    ) from None
+
     def start(self) -> "EmbeddedServer":
         repository = Path(self.repository).resolve()
         self.loaded, self.skipped = plan_loading(repository)
@@ -178,6 +193,7 @@ class EmbeddedServer:
                 "Install the bundled demo with `bertqa install-demo` or export a checkpoint with "
                 "`bertqa export --checkpoint PATH`."
             )
+        self.check_ports_free()
         install = TritonInstall.locate()
         env = self.environment(install)
         check_stub_libraries(install, env)
@@ -211,7 +227,7 @@ class EmbeddedServer:
                 raise ServerError(f"tritonserver exited with code {self._process.returncode}{hint}")
             with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
                 with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
+                    if response.status == 200 and self._process.poll() is None:
                         return
             time.sleep(0.25)
         raise ServerError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s")

@@ -106,3 +106,16 @@ def test_serve_comes_up_and_stops_cleanly_on_ctrl_c(repository):
 
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", http)) != 0
+
+
+def test_server_refuses_a_port_that_is_taken(repository):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        http, grpc, metrics = free_ports(3)
+        server = EmbeddedServer(repository=repository, http_port=http, grpc_port=port, metrics_port=metrics, host="127.0.0.1")
+        with pytest.raises(ServerError, match=f"gRPC port {port} is already in use"):
+            server.start()
