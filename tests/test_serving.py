@@ -188,9 +188,9 @@ def grpc_bad_inputs():
 @pytest.mark.parametrize("case", [c[0] for c in grpc_bad_inputs()])
 def test_bad_grpc_input_is_invalid_argument_and_server_keeps_serving(triton_server, case):
     _, inputs, named = next(c for c in grpc_bad_inputs() if c[0] == case)
-    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    with pytest.raises(InferenceServerException) as raised:
-        client.infer("bert_qa", inputs)
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer("bert_qa", inputs)
     assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert named in raised.value.message()
     with QAClient(triton_server.grpc_url, "grpc") as qa:
@@ -198,14 +198,14 @@ def test_bad_grpc_input_is_invalid_argument_and_server_keeps_serving(triton_serv
 
 
 def test_non_utf8_over_http_binary_protocol(triton_server):
-    client = httpclient.InferenceServerClient(triton_server.http_url)
     inputs = []
     for name, value in (("question", b"who\xfe?"), ("context", b"x")):
         tensor = httpclient.InferInput(name, [1, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[value]], dtype=np.object_), binary_data=True)
         inputs.append(tensor)
-    with pytest.raises(InferenceServerException) as raised:
-        client.infer("bert_qa", inputs)
+    with httpclient.InferenceServerClient(triton_server.http_url) as client:
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer("bert_qa", inputs)
     assert raised.value.status() == "400"
     assert "question[0] is not valid UTF-8 (byte 0xfe at position 3)" in raised.value.message()
 
