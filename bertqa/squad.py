@@ -91,7 +91,11 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def _f1(prediction: str, truth: str) -> float:
+def exact_match(prediction: str, truth: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(truth))
+
+
+def f1_score(prediction: str, truth: str) -> float:
     pred_tokens = normalize_answer(prediction).split()
     true_tokens = normalize_answer(truth).split()
     common = collections.Counter(pred_tokens) & collections.Counter(true_tokens)
@@ -108,6 +112,6 @@ def squad_scores(predictions: dict[str, str], examples: Sequence[QAExample]) -> 
     em = f1 = 0.0
     for example in examples:
         prediction = predictions.get(example.id, "")
-        em += max(float(normalize_answer(prediction) == normalize_answer(a)) for a in example.answers)
-        f1 += max(_f1(prediction, a) for a in example.answers)
+        em += max(exact_match(prediction, a) for a in example.answers)
+        f1 += max(f1_score(prediction, a) for a in example.answers)
     return 100.0 * em / len(examples), 100.0 * f1 / len(examples)

@@ -679,7 +679,7 @@ def check_dockerfile(text: str, context: Path, ignore: list[str]) -> list[str]:
     first_non_arg = next((k for k in leading if k != "ARG"), None)
     if first_non_arg != "FROM":
         problems.append(f"the first instruction after ARGs must be FROM, not {first_non_arg}")
-    stages, paths, copied, has_path_dir = set(), set(), {}, set()
+    stages, copied, has_path_dir = set(), {}, set()
     for ins in instructions:
         if ins.keyword not in INSTRUCTIONS:
             problems.append(f"line {ins.line}: unknown instruction {ins.keyword}")

