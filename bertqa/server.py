@@ -34,6 +34,18 @@ class ServerError(RuntimeError):
     """The embedded server cannot start; the message says why and what to do."""
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that nothing listens on right now (for tests and benchmarks)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 @dataclass(frozen=True)
 class TritonInstall:
     binary: Path

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
 from bertqa.demo import DEMO_DIR, install_demo
-from bertqa.server import DEFAULT_REPOSITORY, EmbeddedServer
+from bertqa.server import DEFAULT_REPOSITORY, EmbeddedServer, free_ports  # noqa: F401 (re-exported)
 
 MODEL_FILES = ("*.onnx", "*.onnx.data", "*.plan", "tokenizer.json")
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def copy_repository_configs(target: Path) -> Path:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from bertqa.server import free_ports
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is a dev dependency (pip install pyyaml)")
 
@@ -864,15 +865,6 @@ class TritonPythonModel:
 '''
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
@@ -921,7 +913,7 @@ def live_triton(tmp_path_factory):
     result = _run(TRITON_ENTRYPOINT, work, {"TRITON_MODEL_REPOSITORY": str(repository), "BERTQA_GPU": "0",
                                              "TRITON_ADMIN_KEY": admin_key})
     assert result.returncode == 0, result.stderr
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     ports = {"--http-port": http, "--grpc-port": grpc, "--metrics-port": metrics}
     args = [f"{a.split('=')[0]}={ports[a.split('=')[0]]}" if a.split("=")[0] in ports else a
             for a in _tritonserver_args(work)]

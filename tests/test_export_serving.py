@@ -6,12 +6,12 @@ Uses its own server over a repository with freshly exported tiny checkpoints (th
 
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
 import torch
 
+from bertqa.server import free_ports
 from bertqa.export.checkpoints import load_checkpoint
 from bertqa.export.onnx import DEFAULT_SAMPLE_PAIRS, ort_session
 from bertqa.export.pipeline import ExportOptions, export_to_repository
@@ -24,15 +24,6 @@ pytestmark = pytest.mark.slow
 PAIRS = [*DEFAULT_SAMPLE_PAIRS, ("who published the theory?", "albert einstein published the theory in 1915.")]
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def served(tmp_path_factory):
     pt, _ = write_dle_checkpoint(root / "dle", seed=11)
     export_to_repository(ExportOptions(checkpoint=pt, repository=repository))
     export_to_repository(ExportOptions(checkpoint=pt, format="onnx-int8", repository=repository, no_eval=True))
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     server = EmbeddedServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
                             host="127.0.0.1", log_file=root / "tritonserver.log")
     server.start()
