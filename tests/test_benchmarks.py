@@ -125,7 +125,7 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     from benchmarks.run import Profile, Run, ShapePlan
 
     settings = ServedSettings(window_s=0.5, warmup_s=0.2, max_trials=3)
-    plan = ShapePlan("tiny", fixed_pairs=4, inproc_batch=4, inproc_seconds=0.3, hf_seconds=0.3, http=(2,), grpc=(2,),
+    plan = ShapePlan("tiny", fixed_pairs=4, inproc_batches=(1, 4), inproc_seconds=0.3, hf_seconds=0.3, http=(2,), grpc=(2,),
                      int8=(2,), served=settings, full=True)
     profile = Profile("test", (plan,), gemm_seconds=0.01, mix_pairs=8, server_window_s=0.5, dynamic_concurrency=2)
     spec = {"tiny": ShapeSpec("tiny", "tiny random model", 2, 64, 2, 128)}
