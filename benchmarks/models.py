@@ -174,7 +174,7 @@ def add_variants(repository: Path, *, no_batching: bool = True, pad384: bool = T
         variants[f"buckets {','.join(map(str, fine_buckets))}"] = "bert_qa_fine"
         (repository / "bert_qa_fine" / "ALT_BUCKETS").write_text(",".join(map(str, fine_buckets)))
     if untuned:
-        # What `bertqa export` generates: no instance_group (Triton's default: 2 CPU instances),
+        # Triton's defaults: no instance_group (2 CPU instances),
         # intra_op_thread_count 0 (ONNX Runtime: one thread per physical core, in each instance).
         clone_model(repository, "bert_onnx", "bert_onnx_default",
                     lambda t: with_parameter(with_instance_count(t, None), "intra_op_thread_count", "0"))

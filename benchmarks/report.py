@@ -467,12 +467,10 @@ def _notes(results: dict) -> list[str]:
             "(`--calibration FILE`) fixes the scales at export time and removes that dependence.",
             "- **Instances on 2 cores.** A config without `instance_group` gets Triton's default for CPU models, "
             "2 instances, and `intra_op_thread_count: 0` gives each ONNX Runtime session one thread per physical "
-            "core: 4 spinning compute threads on 2 cores. The benchmark serves every exported `bert_onnx*` config with "
-            "`instance_group [ { count: 1 } ]` added (kind left to Triton, so the same file stays valid for the "
-            "NGC image's native backend on a GPU); the untuned row above is what `bertqa export` generates today, "
-            "measured in the same run. The committed `model_repository/bert_onnx/config.pbtxt` must stay "
-            "byte-identical to the exporter's output (tests/test_export_repository.py), so making this the "
-            "default is a change to `onnx_model_config` in export/repository.py.",
+            "core: 4 spinning compute threads on 2 cores. `bertqa export` therefore writes "
+            "`instance_group [ { count: 1 } ]` (kind left to Triton, so the same file stays valid for the NGC "
+            "image's native backend: one instance per GPU there); the untuned row above removes it to show "
+            "Triton's default, measured in the same run.",
             ""]
 
 

@@ -135,9 +135,14 @@ def onnx_model_config(
     trt_precision: str = "FP16",
     trt_workspace_bytes: int = 1 << 30,
     trt_profiles: Sequence = (),
+    instance_count: int | None = 1,
     header: str = GENERATED_HEADER,
 ) -> str:
     """``platform: "onnxruntime_onnx"`` config text.
+
+    ``instance_count`` 1 (kind left to Triton: one instance per GPU, or one on the CPU): Triton's
+    CPU default of 2 instances, each with a one-thread-per-core pool, oversubscribes small hosts
+    (docs/BENCHMARKS.md: 9.5 -> 15.8 sequences/s on 2 cores). None leaves Triton's default.
 
     ``gpu_accelerator`` (GPU hosts; ignored by CPU instances): ``"tensorrt"`` runs the graph through
     ONNX Runtime's TensorRT execution provider (``trt_precision`` FP32/FP16/INT8, engine cache,
@@ -163,6 +168,10 @@ def onnx_model_config(
         f'  {{ key: "inter_op_thread_count" value: {{ string_value: "{inter_op_threads}" }} }}\n'
         "]\n"
     )
+    if instance_count is not None:
+        if instance_count < 1:
+            raise ValueError(f"instance_count must be >= 1, got {instance_count}")
+        text += f"instance_group [ {{ count: {instance_count} }} ]\n"
     if gpu_accelerator == "tensorrt":
         params = {
             "precision_mode": trt_precision,
