@@ -330,6 +330,22 @@ class _RestUser(_QAUserMixin, FastHttpUser):
         super().__init__(environment)
 
 
+    def _post_checked(self, body, headers: dict, kind: str, check) -> None:
+        """POSTs one inference; a non-200 status, a missing answer or wrong offsets is a failure."""
+        with self.client.post(
+            self.path, data=body, headers=headers, name=f"{self.path} [{kind}]", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(_http_error(response))
+                return
+            try:
+                check(response)
+            except AnswerError as err:
+                response.failure(err)
+            except Exception as err:  # noqa: BLE001 - any body that cannot be parsed is a failure
+                response.failure(f"unreadable response: {type(err).__name__}: {err}")
+
+
 class RestJsonUser(_RestUser):
     """Triton's REST protocol with JSON tensors."""
 
@@ -341,20 +357,13 @@ class RestJsonUser(_RestUser):
     @task
     def ask(self) -> None:
         index = next(self.order)
-        with self.client.post(
-            self.path,
-            data=self.bodies[index],
-            headers={"Content-Type": "application/json"},
-            name=f"{self.path} [json]",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200:
-                response.failure(_http_error(response))
-                return
-            try:
-                check_json_response(json.loads(response.content), self.pairs[index][1])
-            except (AnswerError, ValueError, TypeError, KeyError, AttributeError) as err:
-                response.failure(err if isinstance(err, AnswerError) else f"unreadable response: {err}")
+        context = self.pairs[index][1]
+        self._post_checked(
+            self.bodies[index],
+            {"Content-Type": "application/json"},
+            "json",
+            lambda response: check_json_response(json.loads(response.content), context),
+        )
 
 
 class RestBinaryUser(_RestUser):
@@ -369,26 +378,21 @@ class RestBinaryUser(_RestUser):
     def ask(self) -> None:
         index = next(self.order)
         body, json_size = self.bodies[index]
-        with self.client.post(
-            self.path,
-            data=body,
-            headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)},
-            name=f"{self.path} [binary]",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 200:
-                response.failure(_http_error(response))
-                return
-            try:
-                header_length = response.headers.get("Inference-Header-Content-Length")
-                result = httpclient.InferResult.from_response_body(
-                    response.content, False, int(header_length) if header_length else None
-                )
-                check_infer_result(result, self.pairs[index][1])
-            except AnswerError as err:
-                response.failure(err)
-            except Exception as err:  # noqa: BLE001 - any body tritonclient cannot parse is a failure
-                response.failure(f"unreadable response: {type(err).__name__}: {err}")
+        context = self.pairs[index][1]
+
+        def check(response) -> None:
+            header_length = response.headers.get("Inference-Header-Content-Length")
+            result = httpclient.InferResult.from_response_body(
+                response.content, False, int(header_length) if header_length else None
+            )
+            check_infer_result(result, context)
+
+        self._post_checked(
+            body,
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)},
+            "binary",
+            check,
+        )
 
 
 class _GrpcClient(grpcclient.InferenceServerClient):
