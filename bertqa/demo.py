@@ -6,11 +6,10 @@ No PyTorch needed: the ONNX export and tokenizer are committed next to the Huggi
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertqa.files import atomic_copy
 from bertqa.server import DEFAULT_REPOSITORY, PROJECT_ROOT
 
 # BERTQA_DEMO_DIR: where an installed (non-editable) package finds the demo, e.g. in a container.
@@ -29,17 +28,6 @@ DEMO_FILES = (
 )
 
 
-def _atomic_copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False) as tmp:
-        temporary = Path(tmp.name)
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def install_demo(
     repository: Path = DEFAULT_REPOSITORY, demo_dir: Path = DEMO_DIR, force: bool = False
 ) -> list[Path]:
@@ -52,5 +40,5 @@ def install_demo(
         return []
     # Both files or neither: a tokenizer from one checkpoint with the weights of another is wrong.
     for source, target in targets:
-        _atomic_copy(source, target)
+        atomic_copy(source, target)
     return [t for _, t in targets]

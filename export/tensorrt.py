@@ -19,13 +19,13 @@ Everything else here (profiles, argument checks, configs) runs anywhere.
 from __future__ import annotations
 
 import ctypes
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from bertqa.files import atomic_write_bytes
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BUCKETS = (128, 256, 384)
@@ -227,15 +227,7 @@ def build_engine(
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
     data = bytes(serialized)
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=plan_path.name + ".tmp", dir=plan_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, plan_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(plan_path, data)
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(data)
     gpu = _gpu_name()
