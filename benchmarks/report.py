@@ -373,7 +373,6 @@ def analysis(results: dict) -> list[str]:
         ref = _pick(results, shape, "in-process reference (FP32)")
         ref8 = _pick(results, shape, "in-process reference (INT8)")
         served = _pick(results, shape, "Triton bert_qa (FP32)")
-        served8 = _pick(results, shape, "Triton bert_qa_int8")
         hf = _pick(results, shape, "HF pipeline")
         text = f"- **{name}: {_fmt(t['measured'])}** (required {'<=' if t.get('inverse') else '>='} {t['required']}). "
         if name.startswith("served FP32 / in-process"):
