@@ -20,17 +20,21 @@ def _env_int(name: str, default: int) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bertqa.server import EmbeddedServer, ServerError
+    from bertqa.server import ADMIN_KEY_ENV, EmbeddedServer, ServerError
 
-    server = EmbeddedServer(
-        repository=args.repository,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        host=args.host,
-        log_verbose=args.log_verbose,
-        startup_timeout_s=args.startup_timeout,
-    )
+    try:
+        server = EmbeddedServer(
+            repository=args.repository,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            host=args.host,
+            log_verbose=args.log_verbose,
+            startup_timeout_s=args.startup_timeout,
+        )
+    except ServerError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 1
     server.forward_signals()
     try:
         server.start()
@@ -43,9 +47,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, reason in server.skipped.items():
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}")
     console.print(f"[green]ready[/green]: models {', '.join(server.loaded)}")
-    console.print(f"  HTTP/REST  http://localhost:{args.http_port}/v2/models/bert_qa/infer")
-    console.print(f"  gRPC       localhost:{args.grpc_port}")
-    console.print(f"  metrics    http://localhost:{args.metrics_port}/metrics")
+    console.print(f"  HTTP/REST  http://{server.http_url}/v2/models/bert_qa/infer")
+    console.print(f"  gRPC       {server.grpc_url}")
+    console.print(f"  metrics    {server.metrics_url}")
+    if os.environ.get(ADMIN_KEY_ENV):
+        console.print(f"  admin APIs (model-repository, shared-memory, trace, logging): header admin-key: ${ADMIN_KEY_ENV}")
+    else:
+        console.print(f"  admin APIs closed (set {ADMIN_KEY_ENV} to open them with the header admin-key)")
     console.print("Ctrl-C stops the server.")
     return server.serve_forever()
 
@@ -101,7 +109,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from bertqa.client.qa_client import PROTOCOLS
-    from bertqa.server import DEFAULT_REPOSITORY
+    from bertqa.server import DEFAULT_HOST, DEFAULT_REPOSITORY
 
     parser = argparse.ArgumentParser(prog="bertqa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=_env_int("HTTP_PORT", 8000))
     serve.add_argument("--grpc-port", type=int, default=_env_int("GRPC_PORT", 8001))
     serve.add_argument("--metrics-port", type=int, default=_env_int("METRICS_PORT", 8002))
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument(
+        "--host", default=DEFAULT_HOST,
+        help="address to listen on (default: loopback only; 0.0.0.0 opens the server to the network)",
+    )
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for readiness")
     serve.set_defaults(func=cmd_serve)

@@ -3,6 +3,10 @@
 It assembles a backend directory (Triton's Python backend, the stub for the running interpreter,
 and the project's Python-based `onnxruntime` backend), shows the stub this virtualenv's packages,
 loads only the models whose files exist, waits for readiness and stops cleanly.
+
+Closed by default, like the compose deployment: it listens on 127.0.0.1 unless told otherwise, and
+the model-repository, shared-memory, trace and logging APIs need the header ``admin-key`` (the
+``TRITON_ADMIN_KEY`` environment variable, else a random key per start that only this process knows).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +32,12 @@ from bertqa.repository import plan_loading
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
+DEFAULT_HOST = "127.0.0.1"
+# APIs that need the admin key (the same list as docker/triton/entrypoint.sh). Inference, health,
+# metadata, model configuration and statistics stay open to clients.
+RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 ORT_BACKEND_MODEL = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
 
 
@@ -122,6 +133,24 @@ def build_repository_view(repository: Path, models: list[str], target: Path) -> 
     return target
 
 
+def admin_key_from_env() -> str:
+    """``$TRITON_ADMIN_KEY`` if set (validated), else a random key: the admin APIs are then closed to clients."""
+    key = os.environ.get(ADMIN_KEY_ENV, "")
+    if not key:
+        return secrets.token_urlsafe(32)
+    if len(key) < 16 or not all(c.isalnum() or c in "._~-" for c in key):
+        # It travels inside a tritonserver flag whose syntax uses ',', ':' and '='.
+        raise ServerError(f"{ADMIN_KEY_ENV} must be at least 16 characters of A-Z a-z 0-9 . _ ~ -")
+    return key
+
+
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host`` (a wildcard means loopback)."""
+    if host in _WILDCARD_HOSTS:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass
 class EmbeddedServer:
     """Starts tritonserver over a repository; use as a context manager or call start()/stop()."""
@@ -130,28 +159,31 @@ class EmbeddedServer:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
-    host: str = "0.0.0.0"
+    host: str = DEFAULT_HOST
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
     log_file: Path | None = None
     startup_timeout_s: float = 120.0
+    admin_key: str = field(default_factory=admin_key_from_env, repr=False)
 
     loaded: list[str] = field(init=False, default_factory=list)
     skipped: dict[str, str] = field(init=False, default_factory=dict)
     _process: subprocess.Popen | None = field(init=False, default=None)
     _workdir: tempfile.TemporaryDirectory | None = field(init=False, default=None)
+    _log: object | None = field(init=False, default=None)
+    _stop_requested: bool = field(init=False, default=False)
 
     @property
     def http_url(self) -> str:
-        return f"localhost:{self.http_port}"
+        return f"{client_host(self.host)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{client_host(self.host)}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://localhost:{self.metrics_port}/metrics"
+        return f"http://{client_host(self.host)}:{self.metrics_port}/metrics"
 
     def command(self, repository_view: Path, backends: Path, binary: Path) -> list[str]:
         return [
@@ -166,6 +198,13 @@ class EmbeddedServer:
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             f"--log-verbose={self.log_verbose}",
+            # Explicit model control, as in compose: /v2/health/ready means "every loaded model is
+            # ready", and an unhealthy model can be reloaded through the (admin-only) repository API.
+            "--model-control-mode=explicit",
+            "--strict-readiness=true",
+            *[f"--load-model={name}" for name in self.loaded],
+            f"--http-restricted-api={RESTRICTED_APIS}:admin-key={self.admin_key}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:admin-key={self.admin_key}",
             *self.extra_args,
         ]
 
@@ -213,12 +252,12 @@ class EmbeddedServer:
         work = Path(self._workdir.name)
         backends = build_backend_directory(install, work / "backends")
         view = build_repository_view(repository, self.loaded, work / "models")
-        log = open(self.log_file, "ab") if self.log_file else None
+        self._log = open(self.log_file, "ab") if self.log_file else None  # closed by stop()
         self._process = subprocess.Popen(
             self.command(view, backends, install.binary),
             env=env,
-            stdout=log or None,
-            stderr=subprocess.STDOUT if log else None,
+            stdout=self._log,
+            stderr=subprocess.STDOUT if self._log else None,
             start_new_session=True,  # Ctrl-C reaches us; we forward it once, in order
         )
         try:
@@ -230,10 +269,10 @@ class EmbeddedServer:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://localhost:{self.http_port}/v2/health/ready"
+        url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                if getattr(self, "_stop_requested", False):
+                if self._stop_requested:
                     raise KeyboardInterrupt("stopped while starting")
                 hint = f" (log: {self.log_file})" if self.log_file else " (see its log above)"
                 raise ServerError(f"tritonserver exited with code {self._process.returncode}{hint}")
@@ -258,6 +297,9 @@ class EmbeddedServer:
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> "EmbeddedServer":
         return self.start()
@@ -267,8 +309,6 @@ class EmbeddedServer:
 
     def forward_signals(self) -> None:
         """SIGINT/SIGTERM ask tritonserver to stop gracefully (once) instead of killing this process."""
-        self._stop_requested = False
-
         def forward(signum, _frame):
             self._stop_requested = True
             if self._process and self._process.poll() is None:

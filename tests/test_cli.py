@@ -92,7 +92,7 @@ def test_serve_comes_up_and_stops_cleanly_on_ctrl_c(repository):
             if line.startswith("Ctrl-C stops") or process.poll() is not None:
                 break
         assert any(line.startswith("ready") for line in output), "".join(output[-30:])
-        assert any(f"http://localhost:{http}/v2/models/bert_qa/infer" in line for line in output)
+        assert any(f"http://127.0.0.1:{http}/v2/models/bert_qa/infer" in line for line in output)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
     finally:

@@ -71,6 +71,9 @@ class PreprocessParameters:
     max_query_len: int = 64
     seq_len_buckets: tuple[int, ...] = (384,)
     max_windows: int = 64
+    # Request-size caps, checked before tokenizing so one huge text cannot hold the instance for seconds.
+    max_context_chars: int = 500_000
+    max_question_chars: int = 10_000
 
     def windowing(self) -> WindowingConfig:
         return WindowingConfig(

@@ -11,6 +11,33 @@ from bertqa.triton.common import bytes_tensor, error_response, input_array
 from bertqa.triton.params import PostprocessParameters, parse_parameters
 
 
+def check_windows(start_logits, end_logits, offsets, pair_index, window_text, window_start) -> int:
+    """The number of pairs the N windows belong to; ValueError (-> 400) when the tensors disagree.
+
+    qa_postprocess is reachable by clients, not only from the ensemble: nothing here may index out
+    of range or produce more answers than the request has windows.
+    """
+    windows = offsets.shape[0]
+    if start_logits.shape != offsets.shape[:2] or end_logits.shape != start_logits.shape:
+        raise ValueError(f"logits {start_logits.shape}/{end_logits.shape} do not match offsets {offsets.shape}")
+    per_window = {"pair_index": pair_index, "window_text": window_text, "window_text_start": window_start}
+    wrong = {name: len(values) for name, values in per_window.items() if len(values) != windows}
+    if wrong:
+        raise ValueError(f"expected one value per window ({windows}), got {wrong}")
+    if windows == 0:
+        raise ValueError("no windows")
+    # Windows arrive pair by pair: pair_index runs 0, 0, 1, 2, 2, ... without gaps.
+    steps = np.diff(pair_index)
+    if pair_index[0] != 0 or ((steps != 0) & (steps != 1)).any():
+        raise ValueError(
+            "pair_index must start at 0 and count up by at most 1 per window "
+            f"(got {pair_index[:8].tolist()}{'...' if windows > 8 else ''})"
+        )
+    if (window_start < 0).any():
+        raise ValueError("window_text_start must be >= 0")
+    return int(pair_index[-1]) + 1
+
+
 class PostprocessModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
@@ -36,7 +63,7 @@ class PostprocessModel:
         pair_index = input_array(request, "pair_index").reshape(-1)
         window_text = input_array(request, "window_text").reshape(-1)
         window_start = input_array(request, "window_text_start").reshape(-1)
-        num_pairs = int(pair_index.max()) + 1
+        num_pairs = check_windows(start_logits, end_logits, offsets, pair_index, window_text, window_start)
         spans = decode_spans(start_logits, end_logits, offsets, pair_index, num_pairs, self.decoding)
 
         answers = []

@@ -11,11 +11,23 @@ from bertqa.triton.common import bytes_tensor, error_response, input_array, vers
 from bertqa.triton.params import PreprocessParameters, parse_parameters
 
 
+def check_lengths(texts: dict[str, list[str]], limits: dict[str, int]) -> None:
+    """Rejects any text over its character cap before any tokenizing work is spent on it."""
+    for name, values in texts.items():
+        for i, value in enumerate(values):
+            if len(value) > limits[name]:
+                raise InvalidInputError(
+                    f"{name}[{i}] has {len(value):,} characters; the limit is {limits[name]:,} "
+                    f"(qa_preprocess parameter max_{name}_chars)"
+                )
+
+
 class PreprocessModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         try:
             params = parse_parameters(config, PreprocessParameters)
+            self.limits = {"question": params.max_question_chars, "context": params.max_context_chars}
             windowing = params.windowing()
             tokenizer_path = version_dir(args) / params.tokenizer_file
             self.windower = QAWindower(load_tokenizer(tokenizer_path), windowing)
@@ -35,6 +47,7 @@ class PreprocessModel:
                 c = decode_texts(input_array(request, "context").reshape(-1), "context")
                 if len(q) != len(c):
                     raise InvalidInputError(f"got {len(q)} questions but {len(c)} contexts")
+                check_lengths({"question": q, "context": c}, self.limits)
             except InvalidInputError as err:
                 responses[i] = error_response(str(err))
                 continue
