@@ -7,6 +7,7 @@ What `kubectl apply -k` on a real cluster would trip over is checked here instea
     JSON schemas of the oldest and newest version that kubernetes-validate ships (K8S_VERSIONS); the
     ServiceMonitor custom resource against a schema of the fields this project uses;
   * checkov's Kubernetes policies pass, and each skipped check is one that fails without its skip;
+  * the liveness command (the canary) passes on a real tritonserver serving the demo model, fails without one;
   * the pod runs what compose runs: the real entrypoints, given the rendered environment and
     arguments, build the tritonserver / bertqa / locust command lines that match the declared
     ports, probes and Services; images, environment and admin-key handling follow docker-compose.yml.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from bertqa.server import free_ports
 from test_compose import (
     CPU_OVERRIDE,
     EXPORT_ENTRYPOINT,
@@ -417,13 +419,19 @@ def test_liveness_runs_the_canary_inference(rendered):
     assert liveness["failureThreshold"] >= 2, "one slow answer under load is no reason to restart"
 
 
-def test_canary_command_exists_with_those_options():
-    if not (ROOT / "bertqa" / "canary.py").is_file():
-        pytest.skip("bertqa.canary (issue 11, the shared liveness check) is not in this checkout yet")
-    result = subprocess.run([sys.executable, *CANARY[1:3], "--help"], capture_output=True, text=True, timeout=60)
+def liveness_against(url: str) -> subprocess.CompletedProcess:
+    """The liveness command as the kubelet runs it, with this interpreter as python3 and another URL."""
+    command = [sys.executable, *CANARY[1:]]
+    command[command.index("--url") + 1] = url
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_liveness_command_passes_on_a_healthy_server_and_fails_without_one(triton_server):
+    result = liveness_against(f"http://{triton_server.http_url}")
     assert result.returncode == 0, result.stderr
-    for option in ("--url", "--timeout"):
-        assert option in result.stdout
+    (closed,) = free_ports(1)
+    result = liveness_against(f"http://127.0.0.1:{closed}")
+    assert result.returncode == 1 and result.stderr.startswith("canary failed"), result.stderr
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
