@@ -22,6 +22,7 @@ from bertqa.text import (
     answers_from_spans,
     decode_spans,
     load_tokenizer,
+    pair_contexts,
 )
 from bertqa.triton.params import PostprocessParameters, PreprocessParameters, parse_parameters
 
@@ -83,5 +84,8 @@ class ReferencePipeline:
     def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[Answer]:
         windows = self.windower.windows(questions, contexts)
         start, end = self.logits(windows.input_ids, windows.attention_mask, windows.token_type_ids)
-        spans = decode_spans(start, end, windows.offsets, windows.pair_index, len(questions), self.decoding)
+        spans = decode_spans(
+            start, end, windows.offsets, windows.pair_index, len(questions), self.decoding,
+            pair_contexts(contexts, windows.pair_index),
+        )
         return answers_from_spans(spans, contexts)

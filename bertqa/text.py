@@ -15,9 +15,10 @@ Conventions
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -58,6 +59,9 @@ class WindowingConfig:
 class DecodingConfig:
     n_best: int = 20
     max_answer_len: int = 30
+    # Widen an answer that starts or ends inside a word to the whole word, as the Hugging Face
+    # question-answering pipeline does (its ``align_to_words``, on by default there too).
+    align_to_words: bool = True
 
 
 @dataclass
@@ -254,6 +258,15 @@ def best_span_in_window(
     return start, end, float(scores[i, j]), float(np.exp(log_p))
 
 
+# The text a window's offsets point into: window -> (text, context offset of the text's first character).
+WindowText = Callable[[int], tuple[str, int]]
+
+
+def pair_contexts(contexts: Sequence[str], pair_index: np.ndarray) -> WindowText:
+    """``WindowText`` when the whole context of every pair is at hand (in-process decoding)."""
+    return lambda window: (contexts[int(pair_index[window])], 0)
+
+
 def decode_spans(
     start_logits: np.ndarray,
     end_logits: np.ndarray,
@@ -261,8 +274,13 @@ def decode_spans(
     pair_index: np.ndarray,
     num_pairs: int,
     config: DecodingConfig = DecodingConfig(),
+    window_text: WindowText | None = None,
 ) -> list[Span]:
-    """The best span for each of ``num_pairs`` pairs over all of its windows."""
+    """The best span for each of ``num_pairs`` pairs over all of its windows.
+
+    With ``window_text`` and ``config.align_to_words``, spans are widened to whole words
+    (:func:`align_to_words`); without text, they are token spans as the model chose them.
+    """
     length = offsets.shape[1]
     if start_logits.shape != (offsets.shape[0], length) or end_logits.shape != start_logits.shape:
         raise ValueError(
@@ -283,7 +301,48 @@ def decode_spans(
                 window=window,
                 logit=logit,
             )
-    return best
+    if window_text is None or not config.align_to_words:
+        return best
+    return [span if span.window < 0 else align_to_words(span, *window_text(span.window)) for span in best]
+
+
+def is_word_char(char: str) -> bool:
+    """Whether BERT's pre-tokenizer keeps ``char`` inside a word: not white space, punctuation
+    (ASCII symbols count as punctuation), a control character, or a CJK ideograph (one word each)."""
+    code = ord(char)
+    if char.isspace() or 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return False
+    category = unicodedata.category(char)
+    return not (category.startswith("P") or category in ("Cc", "Cf") or _is_cjk(code))
+
+
+def _is_cjk(code: int) -> bool:
+    return any(first <= code <= last for first, last in _CJK_RANGES)
+
+
+# The CJK Unified Ideographs blocks that BertPreTokenizer splits character by character.
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)
+
+
+def align_to_words(span: Span, text: str, text_start: int = 0) -> Span:
+    """``span`` widened so that it neither starts nor ends inside a word of ``text``.
+
+    ``text`` holds the context from character ``text_start`` on (a window's text in the server,
+    the whole context in process). A word is what BERT's pre-tokenizer calls one, so the result is
+    what the Hugging Face pipeline's ``token_to_word`` / ``word_to_chars`` give: "##" pieces and
+    sub-word splits grow to their word, while punctuation and white space stay boundaries.
+    """
+    start, end = span.start - text_start, span.end - text_start
+    if not 0 <= start < end <= len(text):
+        return span
+    while start > 0 and is_word_char(text[start - 1]) and is_word_char(text[start]):
+        start -= 1
+    while end < len(text) and is_word_char(text[end]) and is_word_char(text[end - 1]):
+        end += 1
+    return replace(span, start=start + text_start, end=end + text_start)
 
 
 def window_text_spans(offsets: np.ndarray) -> np.ndarray:

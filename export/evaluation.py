@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from bertqa.squad import DataFileError, QAExample, normalize_answer, read_examples, squad_scores  # noqa: F401
-from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer
+from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer, pair_contexts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,7 +49,8 @@ def evaluate_session(
         start_logits, end_logits = session.run(["start_logits", "end_logits"], feeds)
         seconds += time.perf_counter() - begin
         count += windows.num_windows
-        spans = decode_spans(start_logits, end_logits, windows.offsets, windows.pair_index, len(chunk), decoding)
+        spans = decode_spans(start_logits, end_logits, windows.offsets, windows.pair_index, len(chunk), decoding,
+                             pair_contexts([e.context for e in chunk], windows.pair_index))
         for example, span in zip(chunk, spans):
             predictions[example.id] = example.context[span.start:span.end] if span.window >= 0 else ""
     scored = [e for e in examples if e.answers]

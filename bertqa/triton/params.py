@@ -91,6 +91,9 @@ class PostprocessParameters:
 
     n_best: int = 20
     max_answer_len: int = 30
+    align_to_words: bool = True
 
     def decoding(self) -> DecodingConfig:
-        return DecodingConfig(n_best=self.n_best, max_answer_len=self.max_answer_len)
+        return DecodingConfig(
+            n_best=self.n_best, max_answer_len=self.max_answer_len, align_to_words=self.align_to_words
+        )

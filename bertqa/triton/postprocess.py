@@ -64,15 +64,18 @@ class PostprocessModel:
         window_text = input_array(request, "window_text").reshape(-1)
         window_start = input_array(request, "window_text_start").reshape(-1)
         num_pairs = check_windows(start_logits, end_logits, offsets, pair_index, window_text, window_start)
-        spans = decode_spans(start_logits, end_logits, offsets, pair_index, num_pairs, self.decoding)
+
+        def text_of(window: int) -> tuple[str, int]:
+            return window_text[window].decode("utf-8"), int(window_start[window])
+
+        spans = decode_spans(start_logits, end_logits, offsets, pair_index, num_pairs, self.decoding, text_of)
 
         answers = []
         for span in spans:
             if span.window < 0:
                 answers.append(b"")
                 continue
-            text = window_text[span.window].decode("utf-8")
-            base = int(window_start[span.window])
+            text, base = text_of(span.window)
             answers.append(text[span.start - base : span.end - base].encode("utf-8"))
         return pb_utils.InferenceResponse(
             output_tensors=[
