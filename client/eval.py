@@ -58,6 +58,81 @@ def write_predictions(predictions: dict[str, str], path: str | Path) -> Path:
     return path
 
 
+# What tritonclient puts in InferenceServerException.status() for a request the server rejected as invalid.
+REJECTED_STATUS = {"400", "StatusCode.INVALID_ARGUMENT"}
+
+
+def is_rejected(err) -> bool:
+    """The server answered 400 / INVALID_ARGUMENT: this request is wrong, the server is fine."""
+    return str(err.status()) in REJECTED_STATUS
+
+
+class ThreadClients:
+    """One QAClient per worker thread (tritonclient's synchronous clients are not thread-safe)."""
+
+    def __init__(self, url: str | None, protocol: str, model: str, timeout_s: float):
+        self.settings = (url, protocol, model, timeout_s)
+        self.local = threading.local()
+        self.opened: list = []
+        self.lock = threading.Lock()
+
+    def get(self):
+        from bertqa.client.qa_client import QAClient
+
+        if not hasattr(self.local, "client"):
+            url, protocol, model, timeout_s = self.settings
+            self.local.client = QAClient(url, protocol, model, timeout_s=timeout_s)
+            with self.lock:
+                self.opened.append(self.local.client)
+        return self.local.client
+
+    def close(self) -> None:
+        for client in self.opened:
+            client.close()
+
+
+def answer_chunk(clients: ThreadClients, chunk: Sequence[QAExample]) -> list[tuple[str, str]]:
+    """(id, answer) per example. A request the server rejects (for instance more windows than one request
+    may hold, as several long contexts together can need) is answered in halves; a single rejected
+    question is an error that names it."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        answers = clients.get().ask([e.question for e in chunk], [e.context for e in chunk])
+    except InferenceServerException as err:
+        if len(chunk) > 1 and is_rejected(err):
+            half = len(chunk) // 2
+            return answer_chunk(clients, chunk[:half]) + answer_chunk(clients, chunk[half:])
+        raise EvalError(f"the server failed on question {chunk[0].id!r}: {err.message()}") from None
+    return [(e.id, a.text) for e, a in zip(chunk, answers)]
+
+
+def check_ready(clients: ThreadClients, model: str, where: str) -> None:
+    try:
+        ready = clients.get().is_ready()
+    except Exception as err:  # noqa: BLE001 - connection refused and friends
+        raise EvalError(f"cannot query {model!r} at {where}: {err}") from None
+    if not ready:
+        raise EvalError(f"model {model!r} is not ready at {where}; is the server running?")
+
+
+def answer_all(clients: ThreadClients, chunks, concurrency: int, progress) -> dict[str, str]:
+    predictions: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval") as pool:
+        futures = [pool.submit(answer_chunk, clients, chunk) for chunk in chunks]
+        try:
+            for future in as_completed(futures):
+                pairs = future.result()
+                predictions.update(pairs)
+                if progress:
+                    progress(len(pairs))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return predictions
+
+
 def predict(
     examples: Sequence[QAExample],
     url: str | None = None,
@@ -68,66 +143,23 @@ def predict(
     progress: Callable[[int], None] | None = None,
     timeout_s: float = 300.0,
 ) -> dict[str, str]:
-    """The served model's answer to every example: {id: answer text}."""
-    from tritonclient.utils import InferenceServerException
-
-    from bertqa.client.qa_client import QAClient
-
+    """The served model's answer to every example: {id: answer text}, in the examples' order."""
     if batch_size < 1 or concurrency < 1:
         raise EvalError("batch size and concurrency must be >= 1")
-    local = threading.local()
-    clients: list[QAClient] = []
-    lock = threading.Lock()
+    from bertqa.client.qa_client import default_url, normalize_url
 
-    def client() -> QAClient:
-        if not hasattr(local, "client"):
-            local.client = QAClient(url, protocol, model, timeout_s=timeout_s)
-            with lock:
-                clients.append(local.client)
-        return local.client
-
-    def answer(chunk: Sequence[QAExample]) -> list[tuple[str, str]]:
-        try:
-            answers = client().ask([e.question for e in chunk], [e.context for e in chunk])
-        except InferenceServerException as err:
-            # A batch whose windows exceed the model's batch limit: answer it in halves.
-            if len(chunk) > 1 and "batch" in (err.message() or "").lower():
-                half = len(chunk) // 2
-                return answer(chunk[:half]) + answer(chunk[half:])
-            raise EvalError(f"the server failed on question {chunk[0].id!r}: {err.message()}") from None
-        return [(e.id, a.text) for e, a in zip(chunk, answers)]
-
-    try:
-        ready = client().is_ready()
-    except Exception as err:  # noqa: BLE001 - connection refused and friends
-        raise EvalError(f"cannot query {model!r} at {url or protocol + ' default'}: {err}") from None
-    if not ready:
-        for c in clients:
-            c.close()
-        raise EvalError(f"model {model!r} is not ready at {client().url} ({protocol}); is the server running?")
+    clients = ThreadClients(url, protocol, model, timeout_s)
+    where = f"{normalize_url(url or default_url(protocol))} ({protocol})"
     chunks = [list(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
-    predictions: dict[str, str] = {}
     try:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval") as pool:
-            futures = [pool.submit(answer, chunk) for chunk in chunks]
-            try:
-                for future in as_completed(futures):
-                    pairs = future.result()
-                    predictions.update(pairs)
-                    if progress:
-                        progress(len(pairs))
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        check_ready(clients, model, where)
+        predictions = answer_all(clients, chunks, concurrency, progress)
     except EvalError:
         raise
     except Exception as err:  # noqa: BLE001 - connection refused and friends
-        raise EvalError(f"cannot query {model!r} at {url or protocol + ' default'}: {err}") from None
+        raise EvalError(f"cannot query {model!r} at {where}: {err}") from None
     finally:
-        for c in clients:
-            c.close()
-    # keep the data file's order in the written file
+        clients.close()
     return {e.id: predictions[e.id] for e in examples if e.id in predictions}
 
 

@@ -110,3 +110,44 @@ def test_served_scores_equal_the_reference_pipeline(triton_server, reference, ev
     lowered = json.loads(capsys.readouterr().out)
     assert (lowered["exact_match"], lowered["f1"]) == squad_scores(wrong, examples)
     assert lowered["exact_match"] <= em and lowered["f1"] <= f1
+
+
+def long_examples(reference, count: int) -> list:
+    """``count`` questions whose contexts fit one request each but not all together (more windows than
+    qa_preprocess's max_windows), as long SQuAD paragraphs batched by --batch-size do."""
+    from bertqa.squad import QAExample
+
+    limit = reference.windower.config.max_windows
+    per_pair = limit // count + 2
+    assert count * per_pair > limit and per_pair <= limit
+    examples = []
+    for number, (_, question, context, answers) in enumerate(HANDMADE * (count // len(HANDMADE) + 1)):
+        if number == count:
+            break
+        filler = f"Paragraph {number} repeats a long account of the region, its rivers, towns and trades. "
+        long_context = context
+        while len(reference.windower.encode_pairs([question], [long_context])[0]) < per_pair:
+            long_context = filler * 20 + long_context + " " + filler * 20
+        examples.append(QAExample(f"long{number}", question, long_context, tuple(answers)))
+    return examples
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_batch_too_long_for_one_request_is_split(triton_server, reference, protocol):
+    """Issue 12: the split-on-overflow path looked for the word "batch", which the server's message lacks."""
+    from bertqa.client.eval import predict
+
+    examples = long_examples(reference, 8)
+    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
+    served = predict(examples, url, protocol, batch_size=8, concurrency=1)
+    assert served == reference_predictions(reference, examples, 1)
+    assert all(served[e.id] for e in examples)
+
+
+def test_a_single_question_the_server_rejects_names_it(triton_server):
+    from bertqa.client.eval import EvalError, predict
+    from bertqa.squad import QAExample
+
+    bad = [QAExample("fine", "Who?", "Ada was here.", ("Ada",)), QAExample("empty", "Who?", "   ", ("x",))]
+    with pytest.raises(EvalError, match="'empty'.*empty"):
+        predict(bad, triton_server.http_url, "http", batch_size=2, concurrency=1)
