@@ -41,10 +41,15 @@ class ReferencePipeline:
         decoding: DecodingConfig = DecodingConfig(),
         intra_op_threads: int = 0,
         max_batch: int = 64,
+        session=None,
     ):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        """``session``: anything with ONNX Runtime's ``run(output_names, feeds)`` (e.g. an OpenVinoSession);
+        default: an ONNX Runtime session of ``onnx_path``."""
+        if session is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = intra_op_threads
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = session
         self.windower = QAWindower(load_tokenizer(tokenizer_path), windowing)
         self.decoding = decoding
         self.max_batch = max_batch
@@ -57,6 +62,14 @@ class ReferencePipeline:
         repository = Path(repository)
         pre = _parameters(repository / "qa_preprocess" / "config.pbtxt", PreprocessParameters)
         post = _parameters(repository / "qa_postprocess" / "config.pbtxt", PostprocessParameters)
+        bert_config = read_config(repository / bert_model / "config.pbtxt")
+        if bert_config.backend == "openvino" and "session" not in kwargs:
+            from bertqa.openvino_runtime import NATIVE_ONLY_PARAMETERS, OpenVinoParameters, OpenVinoSession
+
+            config = json_format.MessageToDict(bert_config, preserving_proto_field_name=True)
+            params = parse_parameters(config, OpenVinoParameters, ignore=NATIVE_ONLY_PARAMETERS)
+            kwargs["session"] = OpenVinoSession(
+                repository / bert_model / "1" / (bert_config.default_model_filename or "model.xml"), params)
         return cls(
             repository / bert_model / "1" / "model.onnx",
             repository / "qa_preprocess" / "1" / pre.tokenizer_file,

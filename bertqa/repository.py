@@ -20,6 +20,7 @@ _DEFAULT_FILES = {
     "tensorrt_plan": "model.plan",
     "tensorrt": "model.plan",
     "python": "model.py",
+    "openvino": "model.xml",
 }
 
 

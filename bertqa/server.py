@@ -38,7 +38,8 @@ DEFAULT_HOST = "127.0.0.1"
 RESTRICTED_APIS = "model-repository,shared-memory,trace,logging"
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
-ORT_BACKEND_MODEL = Path(__file__).resolve().parent / "backends" / "onnxruntime" / "model.py"
+# Python-based stand-ins for native backends the wheel lacks: backends/<name>/model.py (onnxruntime, openvino).
+PROJECT_BACKENDS = Path(__file__).resolve().parent / "backends"
 
 
 class ServerError(RuntimeError):
@@ -111,7 +112,7 @@ def check_stub_libraries(install: TritonInstall, env: dict[str, str]) -> None:
 
 
 def build_backend_directory(install: TritonInstall, target: Path) -> Path:
-    """<target>/python (Triton's Python backend + stub) and <target>/onnxruntime/model.py."""
+    """<target>/python (Triton's Python backend + stub) and <target>/<name>/model.py per project backend."""
     python_dir = target / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
     # Copies, not symlinks: Triton refuses a backend library whose real path leaves the directory.
@@ -119,9 +120,9 @@ def build_backend_directory(install: TritonInstall, target: Path) -> Path:
         if item.is_file():
             shutil.copy2(item, python_dir / item.name)
     shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
-    ort_dir = target / "onnxruntime"
-    ort_dir.mkdir()
-    (ort_dir / "model.py").symlink_to(ORT_BACKEND_MODEL)
+    for model in sorted(PROJECT_BACKENDS.glob("*/model.py")):
+        (target / model.parent.name).mkdir()
+        (target / model.parent.name / "model.py").symlink_to(model)
     return target
 
 

@@ -1,6 +1,6 @@
 """`bertqa export`: a checkpoint into the Triton model repository (also `python -m bertqa.export`).
 
-    bertqa export --checkpoint PATH --format onnx|onnx-int8|tensorrt [--precision fp32|fp16|int8]
+    bertqa export --checkpoint PATH --format onnx|onnx-int8|tensorrt|openvino [--precision fp32|fp16|bf16|int8]
                   [--sparsity] [--max-batch N] [--seq-len 384] [--repository model_repository] ...
 
 Exit status: 0 exported; 2 invalid options or checkpoint; 3 TensorRT without a GPU/TensorRT;
@@ -41,10 +41,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="Hugging Face BertForQuestionAnswering folder, or a DeepLearningExamples .pt "
                              "(with bert_config.json and vocab.txt beside it)")
     parser.add_argument("--format", choices=FORMATS, default="onnx",
-                        help="onnx (FP32, bert_onnx), onnx-int8 (bert_onnx_int8), tensorrt (bert_trt, GPU only)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                        help="onnx (FP32, bert_onnx), onnx-int8 (bert_onnx_int8), tensorrt (bert_trt, GPU only), "
+                             "openvino (OpenVINO IR: bert_openvino, bert_openvino_bf16, bert_openvino_int8)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default=None,
                         help="onnx: fp32 (fp16 with --gpu-accelerator tensorrt); onnx-int8: int8; "
-                             "tensorrt: fp32, fp16 (default) or int8 (needs --calibration)")
+                             "tensorrt: fp32, fp16 (default) or int8 (needs --calibration); "
+                             "openvino: fp32 (default), bf16 or int8 (NNCF, calibrated on real SQuAD questions)")
     parser.add_argument("--sparsity", action="store_true", help="tensorrt: enable 2:4 sparse-weight kernels")
     parser.add_argument("--max-batch", type=_positive_int, default=64, help="max_batch_size / largest profile batch")
     parser.add_argument("--seq-len", type=_positive_int, default=None,
@@ -54,9 +56,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--weight-storage", choices=("fp32", "fp16"), default="fp32",
                         help="onnx: store weights as FP16 + Cast (half the file, FP32 compute; only if lossless)")
     parser.add_argument("--calibration", type=Path, default=None,
-                        help="SQuAD JSON or JSONL questions/contexts: static Q/DQ INT8 (onnx-int8, tensorrt int8)")
+                        help="SQuAD JSON or JSONL questions/contexts: static Q/DQ INT8 (onnx-int8, tensorrt int8), "
+                             "openvino int8 (default: the committed SQuAD dev slice)")
     parser.add_argument("--eval-file", type=Path, default=None,
-                        help="SQuAD file for EM/F1 (onnx-int8 default: tests/data/squad_sample.json when present)")
+                        help="SQuAD file for EM/F1 (onnx-int8 default: tests/data/squad_sample.json when present; "
+                             "openvino: the committed SQuAD dev slice)")
     parser.add_argument("--no-eval", action="store_true", help="onnx-int8: skip the F1 comparison")
     parser.add_argument("--max-eval", type=_positive_int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--gpu-accelerator", choices=("cuda", "tensorrt"), default=None,

@@ -22,10 +22,10 @@ from bertqa.export import repository as repo
 from bertqa.export.checkpoints import Checkpoint, load_checkpoint
 from bertqa.export.onnx import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_onnx, ort_session
 
-FORMATS = ("onnx", "onnx-int8", "tensorrt")
+FORMATS = ("onnx", "onnx-int8", "tensorrt", "openvino")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_FILE = PROJECT_ROOT / "tests" / "data" / "squad_sample.json"
-DEFAULT_PRECISION = {"onnx": "fp32", "onnx-int8": "int8", "tensorrt": "fp16"}
+DEFAULT_PRECISION = {"onnx": "fp32", "onnx-int8": "int8", "tensorrt": "fp16", "openvino": "fp32"}
 # TensorRT validation tolerances against PyTorch FP32 logits.
 TRT_ATOL = {"fp32": 1e-2, "fp16": 0.15}
 
@@ -81,7 +81,8 @@ def check_options(o: ExportOptions) -> None:
     if o.format not in FORMATS:
         raise err(f"--format must be one of {', '.join(FORMATS)}, got {o.format!r}")
     precision = o.resolved_precision()
-    allowed = {"onnx": ("fp32", "fp16"), "onnx-int8": ("int8",), "tensorrt": ("fp32", "fp16", "int8")}[o.format]
+    allowed = {"onnx": ("fp32", "fp16"), "onnx-int8": ("int8",), "tensorrt": ("fp32", "fp16", "int8"),
+               "openvino": ("fp32", "bf16", "int8")}[o.format]
     if precision not in allowed:
         raise err(f"--precision {precision} does not apply to --format {o.format} (use {' or '.join(allowed)})")
     if o.format == "onnx" and precision == "fp16" and o.gpu_accelerator != "tensorrt":
@@ -100,8 +101,9 @@ def check_options(o: ExportOptions) -> None:
     if o.weight_storage != "fp32" and o.format != "onnx":
         raise err("--weight-storage fp16 only applies to --format onnx (INT8 and TensorRT choose their own storage)")
     if o.calibration is not None:
-        if o.format == "onnx":
-            raise err("--calibration applies to --format onnx-int8 (static Q/DQ) or tensorrt --precision int8")
+        if o.format == "onnx" or (o.format == "openvino" and precision != "int8"):
+            raise err("--calibration applies to --format onnx-int8 (static Q/DQ), tensorrt --precision int8 "
+                      "or openvino --precision int8")
         if o.format == "tensorrt" and precision != "int8":
             raise err(f"--calibration only applies to TensorRT --precision int8, not {precision}")
         if not Path(o.calibration).is_file():
@@ -117,6 +119,8 @@ def check_options(o: ExportOptions) -> None:
         if o.eval_file is not None and not Path(o.eval_file).is_file():
             raise err(f"--eval-file {o.eval_file}: file not found")
     if o.gpu_accelerator is not None:
+        if o.format == "openvino":
+            raise err("--gpu-accelerator configures ONNX Runtime; --format openvino runs on CPU instances")
         if o.format == "tensorrt":
             raise err("--gpu-accelerator configures ONNX Runtime for ONNX formats; --format tensorrt is TensorRT itself")
         if o.gpu_accelerator not in ("cuda", "tensorrt"):
@@ -135,7 +139,7 @@ def check_options(o: ExportOptions) -> None:
     for name in (o.model_name, o.ensemble_name):
         if name is not None and (not name or "/" in name or name.startswith(".")):
             raise err(f"invalid model name {name!r}")
-    variant = repo.variant_for(o.format, o.model_name, o.ensemble_name)
+    variant = repo.variant_for(o.format, o.model_name, o.ensemble_name, precision)
     if variant.ensemble_name == repo.TEMPLATE_ENSEMBLE and variant.model_name != repo.TEMPLATE_BERT_MODEL:
         raise err(f"{repo.TEMPLATE_ENSEMBLE} is the committed template ensemble (it runs {repo.TEMPLATE_BERT_MODEL}); "
                   f"give --ensemble-name for a model named {variant.model_name!r}")
@@ -191,8 +195,8 @@ def export_to_repository(options: ExportOptions, *, console: Console | None = No
     repository = Path(o.repository)
     if not repository.is_dir():
         raise repo.RepositoryError(f"{repository}: model repository not found")
-    variant = repo.variant_for(o.format, o.model_name, o.ensemble_name)
     precision = o.resolved_precision()
+    variant = repo.variant_for(o.format, o.model_name, o.ensemble_name, precision)
     if o.format == "tensorrt":
         trt_mod.require_gpu()  # fail before any slow work
 
@@ -294,7 +298,14 @@ def export_to_repository(options: ExportOptions, *, console: Console | None = No
             steps.say(f"  SQuAD EM {result.exact_match:.2f} F1 {result.f1:.2f} on {len(examples)} questions")
             reports["eval"] = {"file": str(o.eval_file), "exact_match": result.exact_match, "f1": result.f1}
 
-        if o.format == "tensorrt":
+        if o.format == "openvino":
+            with steps.step(f"converting to OpenVINO IR ({precision}) and validating it"):
+                ov_report, config_text = _export_openvino(o, model, fp32_file, staged.version_dir, tokenizer_file,
+                                                          seq_len, variant.model_name, precision, log)
+            for line in ov_report.summary().splitlines():
+                steps.say(f"  {line}")
+            reports["openvino"] = {**asdict(ov_report), "f1_retained": ov_report.f1_retained}
+        elif o.format == "tensorrt":
             source = fp32_file
             if precision == "int8":
                 from bertqa.export.quantize import quantize_int8
@@ -323,7 +334,7 @@ def export_to_repository(options: ExportOptions, *, console: Console | None = No
             config_text = repo.tensorrt_model_config(variant.model_name, inputs, outputs, profiles,
                                                      max_batch_size=o.max_batch)
             reports["tensorrt"] = asdict(trt_report)
-        else:
+        elif o.format != "openvino":
             inputs, outputs = repo.onnx_io(model_file)
             _check_io(inputs, outputs, model_file)
             trt_precision = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}[precision]
@@ -374,6 +385,36 @@ def _windowing(seq_len: int):
     from bertqa.export.evaluation import serving_windowing
 
     return serving_windowing(seq_len)
+
+
+def _export_openvino(o: ExportOptions, model, fp32_onnx: Path, version_dir: Path, tokenizer_file: Path, seq_len: int,
+                     model_name: str, precision: str, log):
+    """OpenVINO IR of the validated FP32 ONNX into ``version_dir``; (report, config text)."""
+    from bertqa.export.evaluation import read_examples
+    from bertqa.export.onnx import torch_logits, validation_batches, validation_windowing
+    from bertqa.export.openvino import export_openvino, openvino_model_config, runtime_parameters
+    from bertqa.export.quantize import calibration_batches
+    from bertqa.squad import dev_slice_path
+
+    windowing = _windowing(seq_len)
+    batches = validation_batches(tokenizer_file, None, validation_windowing(int(model.config.max_position_embeddings), seq_len))
+    reference = [({n: getattr(b, n) for n in INPUT_NAMES}, torch_logits(model, b)) for b in batches]
+    calibration = []
+    if precision == "int8":  # real SQuAD questions: --calibration, else the committed dev slice
+        examples = read_examples(o.calibration or dev_slice_path())
+        calibration = calibration_batches(tokenizer_file, examples, windowing, max_windows=128, batch_size=1)
+    eval_examples = []
+    if not o.no_eval:
+        eval_examples = read_examples(o.eval_file or dev_slice_path(), require_answers=True)[: o.max_eval or None]
+    parameters = runtime_parameters(precision)
+    report = export_openvino(fp32_onnx, version_dir, precision=precision, reference_batches=reference,
+                             tokenizer_file=tokenizer_file, windowing=windowing, calibration_feeds=calibration,
+                             eval_examples=eval_examples, atol=o.atol, parameters=parameters, log=log)
+    inputs, outputs = repo.onnx_io(fp32_onnx)
+    _check_io(inputs, outputs, fp32_onnx)
+    config_text = openvino_model_config(model_name, inputs, outputs, parameters, max_batch_size=o.max_batch)
+    repo.check_config_text(config_text, model_name)
+    return report, config_text
 
 
 def _check_io(inputs, outputs, path: Path) -> None:

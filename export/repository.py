@@ -47,7 +47,12 @@ VARIANTS: dict[str, Variant] = {
     "onnx": Variant("onnx", "bert_onnx", "bert_qa", "model.onnx"),
     "onnx-int8": Variant("onnx-int8", "bert_onnx_int8", "bert_qa_int8", "model.onnx"),
     "tensorrt": Variant("tensorrt", "bert_trt", "bert_qa_trt", "model.plan"),
+    "openvino": Variant("openvino", "bert_openvino", "bert_qa_openvino", "model.xml"),
+    "openvino-bf16": Variant("openvino", "bert_openvino_bf16", "bert_qa_openvino_bf16", "model.xml"),
+    "openvino-int8": Variant("openvino", "bert_openvino_int8", "bert_qa_openvino_int8", "model.xml"),
 }
+# Formats whose precisions are separate variants (side by side in one repository): "<format>-<precision>".
+_PRECISION_VARIANTS = {"openvino": ("bf16", "int8")}
 
 
 @dataclass(frozen=True)
@@ -440,10 +445,13 @@ def install_ensemble(repository: Path, variant: Variant) -> Path | None:
     return path
 
 
-def variant_for(format: str, model_name: str | None = None, ensemble_name: str | None = None) -> Variant:
+def variant_for(format: str, model_name: str | None = None, ensemble_name: str | None = None,
+                precision: str | None = None) -> Variant:
     if format not in VARIANTS:
         raise ValueError(f"unknown format {format!r}; choose from {', '.join(VARIANTS)}")
     base = VARIANTS[format]
+    if precision in _PRECISION_VARIANTS.get(format, ()):
+        base = VARIANTS[f"{format}-{precision}"]
     return Variant(base.format, model_name or base.model_name, ensemble_name or base.ensemble_name, base.model_file)
 
 

@@ -1,0 +1,259 @@
+"""ONNX (or a PyTorch module) -> OpenVINO IR for Triton's ``backend: "openvino"``, validated before writing.
+
+Precisions (what the CPU computes; weights are stored in FP32 except INT8's quantized MatMuls):
+* ``fp32``: the converted model, run with ``INFERENCE_PRECISION_HINT f32`` (OpenVINO would
+  otherwise compute in BF16 on CPUs with native BF16).
+* ``bf16``: the same IR, run with ``HINT_BF16 YES`` (the native backend's parameter).
+* ``int8``: NNCF post-training quantization (``model_type=TRANSFORMER``), activation ranges
+  calibrated on windows of real SQuAD questions; the operations left in floating point run in BF16
+  where the CPU has it (``HINT_BF16 YES``), else FP32.
+
+Validation, before anything is written: logits against PyTorch on the exporter's sample windows
+(FP32: max |diff| <= atol; BF16/INT8: start/end argmax agreement >= ``min_agreement``), and when
+evaluation examples are given, SQuAD EM/F1 of the variant against the FP32 conversion on the same
+questions; F1 below ``min_f1_retained`` of FP32 is an error, so a variant that answers worse than
+the bert-99 rule allows is never installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bertqa.openvino_runtime import OpenVinoParameters, OpenVinoSession
+from bertqa.squad import QAExample
+from bertqa.text import WindowingConfig
+
+PRECISIONS = ("fp32", "bf16", "int8")
+MODEL_FILE = "model.xml"  # the native backend's default_model_filename; weights beside it in model.bin
+CALIBRATION_WINDOWS = 300  # NNCF's default subset size
+
+
+class OpenVinoExportError(RuntimeError):
+    """The converted model failed validation; nothing was written."""
+
+
+@dataclass
+class OpenVinoExportReport:
+    precision: str
+    path: str
+    size_bytes: int
+    runtime: str  # what the compiled model reports: streams, threads, precision
+    max_abs_diff_start: float
+    max_abs_diff_end: float
+    argmax_agreement: float  # share of windows whose start and end argmax equal PyTorch's
+    calibration_windows: int = 0
+    eval_questions: int = 0
+    fp32_exact_match: float | None = None
+    fp32_f1: float | None = None
+    exact_match: float | None = None
+    f1: float | None = None
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def f1_retained(self) -> float | None:
+        if self.f1 is None or not self.fp32_f1:
+            return None
+        return self.f1 / self.fp32_f1
+
+    def summary(self) -> str:
+        lines = [f"OpenVINO {self.precision}: {self.runtime}; {self.size_bytes / 1e6:.1f} MB",
+                 f"vs PyTorch: max |diff| start {self.max_abs_diff_start:.3g}, end {self.max_abs_diff_end:.3g}, "
+                 f"argmax agreement {self.argmax_agreement:.1%}"]
+        if self.f1 is not None:
+            retained = f" ({self.f1_retained:.1%})" if self.f1_retained is not None else ""
+            lines.append(f"SQuAD ({self.eval_questions} questions): EM {self.exact_match:.2f} F1 {self.f1:.2f} "
+                         f"vs FP32 EM {self.fp32_exact_match:.2f} F1 {self.fp32_f1:.2f}{retained}")
+        return "\n".join(lines)
+
+
+def runtime_parameters(precision: str, *, streams: int = 1, threads: int = 0) -> OpenVinoParameters:
+    """The config parameters each precision is served with (latency hint; threads 0 = all cores)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return OpenVinoParameters(
+        NUM_STREAMS=str(streams), PERFORMANCE_HINT="LATENCY", INFERENCE_NUM_THREADS=threads,
+        HINT_BF16=precision in ("bf16", "int8"), INFERENCE_PRECISION_HINT="f32" if precision == "fp32" else "",
+    )
+
+
+def convert(source, sample_feeds: dict[str, np.ndarray] | None = None):
+    """``ov.Model`` from an ONNX file, an IR ``.xml`` or a PyTorch ``BertForQuestionAnswering`` (traced on ``sample_feeds``)."""
+    import openvino as ov
+
+    if isinstance(source, (str, Path)):
+        if Path(source).suffix == ".xml":
+            return ov.Core().read_model(str(source))
+        return ov.convert_model(str(source))
+    import torch
+
+    if sample_feeds is None:
+        raise ValueError("converting a PyTorch module needs sample_feeds (input_ids, attention_mask, token_type_ids)")
+
+    class _Logits(torch.nn.Module):  # plain tensors out, named like the ONNX export
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.start_logits, out.end_logits
+
+    example = {k: torch.from_numpy(v) for k, v in sample_feeds.items()}
+    model = ov.convert_model(_Logits(source.eval()), example_input=example,
+                             input=[(name, [-1, -1], ov.Type.i64) for name in example])
+    for port, name in zip(model.outputs, ("start_logits", "end_logits")):
+        port.get_tensor().set_names({name})
+    return model
+
+
+def quantize(model, calibration_feeds: Sequence[dict[str, np.ndarray]]):
+    """NNCF post-training INT8 quantization for transformers (SmoothQuant-free defaults)."""
+    import nncf
+
+    if not calibration_feeds:
+        raise ValueError("INT8 needs calibration windows (real questions and contexts)")
+    return nncf.quantize(model, nncf.Dataset(list(calibration_feeds)), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(calibration_feeds))
+
+
+def _compare_logits(session: OpenVinoSession, reference_batches) -> tuple[float, float, float]:
+    """Max |diff| of start/end logits against PyTorch and the share of windows with equal argmaxes."""
+    diff_start = diff_end = 0.0
+    agree = total = 0
+    for feeds, (ref_start, ref_end) in reference_batches:
+        start, end = session.run(["start_logits", "end_logits"], feeds)
+        diff_start = max(diff_start, float(np.abs(start - ref_start).max()))
+        diff_end = max(diff_end, float(np.abs(end - ref_end).max()))
+        agree += int(((start.argmax(1) == ref_start.argmax(1)) & (end.argmax(1) == ref_end.argmax(1))).sum())
+        total += start.shape[0]
+    return diff_start, diff_end, agree / max(total, 1)
+
+
+def export_openvino(
+    source,
+    target_dir: str | Path,
+    *,
+    precision: str,
+    reference_batches: Sequence[tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]],
+    tokenizer_file: str | Path,
+    windowing: WindowingConfig,
+    calibration_feeds: Sequence[dict[str, np.ndarray]] = (),
+    eval_examples: Sequence[QAExample] = (),
+    atol: float = 1e-3,
+    min_agreement: float = 0.9,
+    min_f1_retained: float = 0.99,
+    parameters: OpenVinoParameters | None = None,
+    log: Callable[[str], None] | None = None,
+) -> OpenVinoExportReport:
+    """Converts ``source`` (ONNX path or PyTorch module) and writes ``model.xml``/``model.bin`` into ``target_dir``.
+
+    ``reference_batches``: (feeds, PyTorch (start, end) logits) pairs to validate against. The
+    files are written only after every check passed; a failed check raises OpenVinoExportError.
+    """
+    import openvino as ov
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not reference_batches:
+        raise ValueError("reference_batches is empty: the conversion cannot be validated")
+    say = log or (lambda message: None)
+    parameters = parameters or runtime_parameters(precision)
+    seconds: dict[str, float] = {}
+    target_dir = Path(target_dir)
+    scratch = Path(tempfile.mkdtemp(prefix=".openvino-", dir=target_dir.parent if target_dir.parent.is_dir() else None))
+    try:
+        begin = time.perf_counter()
+        sample = reference_batches[0][0]
+        fp32_model = convert(source, None if isinstance(source, (str, Path)) else sample)
+        seconds["convert"] = time.perf_counter() - begin
+        fp32_path = scratch / "fp32" / MODEL_FILE
+        ov.save_model(fp32_model, str(fp32_path), compress_to_fp16=False)
+        model_path = fp32_path
+        if precision == "int8":
+            begin = time.perf_counter()
+            quantized = quantize(fp32_model, calibration_feeds)
+            seconds["quantize"] = time.perf_counter() - begin
+            model_path = scratch / "int8" / MODEL_FILE
+            ov.save_model(quantized, str(model_path), compress_to_fp16=False)
+            say(f"quantized with NNCF on {len(calibration_feeds)} calibration batches ({seconds['quantize']:.0f} s)")
+
+        session = OpenVinoSession(model_path, parameters)
+        diff_start, diff_end, agreement = _compare_logits(session, reference_batches)
+        report = OpenVinoExportReport(
+            precision=precision, path=str(target_dir / MODEL_FILE),
+            size_bytes=sum(p.stat().st_size for p in model_path.parent.iterdir()), runtime=session.describe(),
+            max_abs_diff_start=diff_start, max_abs_diff_end=diff_end, argmax_agreement=agreement,
+            calibration_windows=sum(f["input_ids"].shape[0] for f in calibration_feeds), seconds=seconds,
+        )
+        if precision == "fp32" and max(diff_start, diff_end) > atol:
+            raise OpenVinoExportError(f"OpenVINO FP32 differs from PyTorch by {max(diff_start, diff_end):.3g} > {atol}")
+        if agreement < min_agreement:
+            raise OpenVinoExportError(f"OpenVINO {precision} agrees with PyTorch on only {agreement:.1%} of the "
+                                      f"validation windows' start/end tokens (< {min_agreement:.0%})")
+        if eval_examples:
+            _evaluate(report, session, fp32_path, tokenizer_file, windowing, eval_examples, min_f1_retained)
+        del session
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(model_path.parent.iterdir()):
+            shutil.copy2(path, target_dir / path.name)
+        return report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _evaluate(report: OpenVinoExportReport, session: OpenVinoSession, fp32_path: Path, tokenizer_file,
+              windowing: WindowingConfig, examples: Sequence[QAExample], min_f1_retained: float) -> None:
+    from bertqa.export.evaluation import evaluate_session
+
+    begin = time.perf_counter()
+    result = evaluate_session(session, tokenizer_file, examples, windowing=windowing)
+    if report.precision == "fp32":
+        fp32 = result
+    else:
+        fp32 = evaluate_session(OpenVinoSession(fp32_path, runtime_parameters("fp32")), tokenizer_file, examples,
+                                windowing=windowing)
+    report.seconds["evaluate"] = time.perf_counter() - begin
+    report.eval_questions = len(examples)
+    report.exact_match, report.f1 = result.exact_match, result.f1
+    report.fp32_exact_match, report.fp32_f1 = fp32.exact_match, fp32.f1
+    retained = report.f1_retained
+    if retained is not None and retained < min_f1_retained:
+        raise OpenVinoExportError(
+            f"OpenVINO {report.precision} keeps {retained:.1%} of FP32's SQuAD F1 ({report.f1:.2f} vs {report.fp32_f1:.2f} "
+            f"on {len(examples)} questions), below {min_f1_retained:.0%}: not installed")
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton config
+
+
+def openvino_model_config(name: str, inputs, outputs, parameters: OpenVinoParameters, *,
+                          max_batch_size: int = 64, instance_count: int = 1) -> str:
+    """``backend: "openvino"`` config text, built as a ModelConfig protobuf.
+
+    ``inputs``/``outputs``: TensorSpec-like objects (name, data_type, dims). For the native backend:
+    ``RESHAPE_IO_LAYERS YES`` keeps the config's variable sequence length, ``ENABLE_BATCH_PADDING YES``
+    accepts batches smaller than max_batch_size (it pads them; the embedded backend never pads).
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = mc.ModelConfig(name=name, backend="openvino", max_batch_size=max_batch_size,
+                            default_model_filename=MODEL_FILE)
+    for spec, target in [(s, config.input) for s in inputs] + [(s, config.output) for s in outputs]:
+        target.add(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims))
+    config.dynamic_batching.SetInParent()
+    config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+    values = {**parameters.as_config(), "RESHAPE_IO_LAYERS": "YES", "ENABLE_BATCH_PADDING": "YES"}
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+    header = ("# Generated by `bertqa export --format openvino`; served by Triton's native openvino backend (NGC\n"
+              "# image) and, embedded, by bertqa/backends/openvino (bertqa.triton.openvino_backend).\n")
+    return header + text_format.MessageToString(config)

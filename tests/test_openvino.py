@@ -1,0 +1,188 @@
+"""OpenVINO variants: typed parameters, export validation, and the embedded openvino backend served by tritonserver."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+
+from bertqa.openvino_runtime import NATIVE_ONLY_PARAMETERS, OpenVinoParameters, OpenVinoSession
+from bertqa.server import free_ports
+from bertqa.triton.params import ParameterError, parse_parameters
+from export_helpers import copy_repository_configs, write_hf_checkpoint
+
+pytest.importorskip("openvino")
+
+PAIRS = [
+    ("who published the theory?", "albert einstein published the theory of general relativity in 1915."),
+    ("what is the capital of france?", "paris is the capital of france and its population is large."),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters and config
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"NUM_STREAMS": "two"}, "NUM_STREAMS"),
+    ({"PERFORMANCE_HINT": "fast"}, "PERFORMANCE_HINT"),
+    ({"INFERENCE_NUM_THREADS": "-1"}, "INFERENCE_NUM_THREADS"),
+    ({"HINT_BF16": "maybe"}, "HINT_BF16"),
+    ({"INFERENCE_PRECISION_HINT": "f16"}, "INFERENCE_PRECISION_HINT"),
+    ({"HINT_BF16": "YES", "INFERENCE_PRECISION_HINT": "f32"}, "contradicts"),
+    ({"NUM_STREMS": "1"}, "unknown parameters"),
+])
+def test_bad_parameters_are_named(raw, message):
+    config = {"name": "m", "parameters": {k: {"string_value": v} for k, v in raw.items()}}
+    with pytest.raises(ParameterError, match=message):
+        parse_parameters(config, OpenVinoParameters, ignore=NATIVE_ONLY_PARAMETERS)
+
+
+def test_parameters_become_openvino_properties():
+    params = OpenVinoParameters(NUM_STREAMS="2", PERFORMANCE_HINT="throughput", INFERENCE_NUM_THREADS=1, HINT_BF16=True)
+    assert params.properties() == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2",
+                                   "INFERENCE_NUM_THREADS": "1", "INFERENCE_PRECISION_HINT": "bf16"}
+    assert OpenVinoParameters(INFERENCE_PRECISION_HINT="f32").properties()["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_generated_config_is_read_back_by_the_embedded_backend(precision):
+    from tritonclient.grpc import model_config_pb2
+
+    from bertqa.export.openvino import openvino_model_config, runtime_parameters
+    from bertqa.export.repository import TensorSpec, parse_config
+
+    params = runtime_parameters(precision, streams=2, threads=1)
+    text = openvino_model_config(
+        "bert_openvino", [TensorSpec("input_ids", "TYPE_INT64", (-1,))],
+        [TensorSpec("start_logits", "TYPE_FP32", (-1,))], params, max_batch_size=16)
+    config = parse_config(text, "bert_openvino/config.pbtxt")
+    assert config.backend == "openvino" and config.default_model_filename == "model.xml"
+    assert config.max_batch_size == 16 and config.HasField("dynamic_batching")
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    # The native backend's keys; the embedded backend parses the very same dict back.
+    assert config.parameters["RESHAPE_IO_LAYERS"].string_value == "YES"
+    as_json = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    assert parse_parameters(as_json, OpenVinoParameters, ignore=NATIVE_ONLY_PARAMETERS) == params
+    assert ("HINT_BF16" in config.parameters) == (precision != "fp32")
+
+
+# --------------------------------------------------------------------------------------------------
+# Export
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from bertqa.export.pipeline import ExportOptions, export_to_repository
+
+    root = tmp_path_factory.mktemp("openvino")
+    repository = copy_repository_configs(root / "model_repository")
+    folder, _ = write_hf_checkpoint(root / "hf", seed=5)
+    reports = {}
+    for precision in ("fp32", "int8"):
+        result = export_to_repository(ExportOptions(checkpoint=folder, format="openvino", precision=precision,
+                                                    repository=repository, max_eval=8))
+        reports[precision] = result.reports["openvino"]
+    return repository, folder, reports
+
+
+@pytest.mark.slow
+def test_export_writes_validated_ir_and_ensemble(exported):
+    repository, _, reports = exported
+    for model, ensemble in (("bert_openvino", "bert_qa_openvino"), ("bert_openvino_int8", "bert_qa_openvino_int8")):
+        assert (repository / model / "1" / "model.xml").is_file() and (repository / model / "1" / "model.bin").is_file()
+        assert f'model_name: "{model}"' in (repository / ensemble / "config.pbtxt").read_text()
+    assert reports["fp32"]["max_abs_diff_start"] < 1e-3 and reports["fp32"]["argmax_agreement"] == 1.0
+    assert reports["int8"]["calibration_windows"] > 0 and reports["int8"]["eval_questions"] == 8
+    assert json.loads((repository / "bert_openvino_int8" / "1" / "export.json").read_text())["precision"] == "int8"
+
+
+@pytest.mark.slow
+def test_failed_validation_writes_nothing(exported, tmp_path):
+    from bertqa.export.onnx import INPUT_NAMES
+    from bertqa.export.openvino import OpenVinoExportError, export_openvino
+    from bertqa.text import WindowingConfig
+
+    repository, folder, _ = exported
+    session = OpenVinoSession(repository / "bert_openvino" / "1" / "model.xml")
+    feeds = {n: np.ones((1, 16), dtype=np.int64) for n in INPUT_NAMES}
+    start, end = session.run(None, feeds)
+    wrong = [(feeds, (start + 1.0, end))]  # a reference the conversion cannot match
+    with pytest.raises(OpenVinoExportError, match="differs from PyTorch"):
+        export_openvino(repository / "bert_openvino" / "1" / "model.xml", tmp_path / "out", precision="fp32",
+                        reference_batches=wrong, tokenizer_file=folder / "tokenizer.json", windowing=WindowingConfig())
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Served by the embedded openvino backend
+
+
+@pytest.fixture(scope="module")
+def served(exported, tmp_path_factory):
+    from bertqa.server import EmbeddedServer
+
+    repository, _, _ = exported
+    http, grpc, metrics = free_ports(3)
+    server = EmbeddedServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                            host="127.0.0.1", log_file=tmp_path_factory.mktemp("logs") / "tritonserver.log")
+    server.start()
+    try:
+        yield server, repository
+    finally:
+        server.stop()
+
+
+def _ask(client_module, url, model, question, context):
+    client = client_module.InferenceServerClient(url)
+    try:
+        inputs = [client_module.InferInput("question", [1, 1], "BYTES"), client_module.InferInput("context", [1, 1], "BYTES")]
+        inputs[0].set_data_from_numpy(np.array([[question.encode()]], dtype=object))
+        inputs[1].set_data_from_numpy(np.array([[context.encode()]], dtype=object))
+        result = client.infer(model, inputs)
+        return result.as_numpy("answer")[0][0].decode(), int(result.as_numpy("start")[0][0]), int(result.as_numpy("end")[0][0])
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bert_openvino", "bert_openvino_int8"])
+def test_served_answers_equal_in_process_openvino(served, model):
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+
+    from bertqa.reference import ReferencePipeline
+
+    server, repository = served
+    reference = ReferencePipeline.from_repository(repository, model)
+    ensemble = model.replace("bert_", "bert_qa_")
+    for question, context in PAIRS:
+        expected = reference.answer([question], [context])[0]
+        for module, url in ((http, server.http_url), (grpc, server.grpc_url)):
+            assert _ask(module, url, ensemble, question, context) == (expected.text, expected.start, expected.end)
+
+
+@pytest.mark.slow
+def test_bad_batch_fails_alone_and_the_model_keeps_serving(served):
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    server, _ = served
+    client = http.InferenceServerClient(server.http_url)
+    try:
+        def request(ids_len, mask_len):
+            inputs = []
+            for name, length in (("input_ids", ids_len), ("attention_mask", mask_len), ("token_type_ids", ids_len)):
+                tensor = http.InferInput(name, [1, length], "INT64")
+                tensor.set_data_from_numpy(np.ones((1, length), dtype=np.int64))
+                inputs.append(tensor)
+            return client.infer("bert_openvino", inputs)
+
+        with pytest.raises(InferenceServerException) as caught:
+            request(16, 12)  # mismatched lengths: OpenVINO cannot run it
+        assert "400" in str(caught.value.status()) and "bert_openvino" in caught.value.message()
+        assert request(16, 16).as_numpy("start_logits").shape == (1, 16)
+    finally:
+        client.close()
