@@ -524,14 +524,36 @@ def test_triton_pod_mirrors_the_compose_runtime_settings(rendered, compose):
     assert security["runAsNonRoot"] is True
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_container_is_locked_down(rendered, overlay):
-    for c in pod_spec(find(rendered[overlay], "Deployment", "triton"))["initContainers"] + \
-            pod_spec(find(rendered[overlay], "Deployment", "triton"))["containers"]:
-        context = c["securityContext"]
-        assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
-        assert context["capabilities"]["drop"] == ["ALL"]
-        assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), f"{c['name']}: writable /tmp"
+# Volume types the "restricted" Pod Security Standard admits (the bertqa namespace enforces it).
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def pod_templates(rendered) -> list[tuple[str, dict]]:
+    return [(f"{name}: {o['kind']}/{o['metadata']['name']}", pod_spec(o))
+            for name, objects in rendered.items() for o in objects if o["kind"] in ("Deployment", "Job")]
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(rendered):
+    """Otherwise the namespace's pod-security.kubernetes.io/enforce: restricted label rejects the pod."""
+    (namespace,) = [o for o in rendered["gpu"] if o["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for where, pod in pod_templates(rendered):
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod), where
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0, where
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False, where
+        for volume in pod.get("volumes", []):
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, (where, volume)
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            context = c["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+            assert "add" not in context["capabilities"] and not context.get("privileged"), (where, c["name"])
+            # Read-only root filesystem everywhere; /tmp is the writable scratch space.
+            assert context["readOnlyRootFilesystem"] is True, (where, c["name"])
+            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]), (where, c["name"])
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][kind]), (where, c["name"], kind)
 
 
 def test_gpu_overlay_requests_a_gpu_and_cpu_overlay_none(rendered):
