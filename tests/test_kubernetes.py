@@ -389,24 +389,28 @@ def test_services_reach_the_declared_ports(rendered):
 
 
 def test_probes_match_the_compose_health_check(rendered, compose):
+    """compose has one health check: readiness or the canary. The probe here that runs the same
+    check runs it on the same schedule; the startup probe allows compose's start period."""
     healthcheck = compose["services"]["triton"]["healthcheck"]
     command = " ".join(map(str, healthcheck["test"]))
     spec = triton(rendered)
     ports = named_ports(spec)
-    readiness, startup = spec["readinessProbe"], spec["startupProbe"]
-    for probe in (readiness, startup):
+    for probe in (spec["readinessProbe"], spec["startupProbe"]):
         assert probe["httpGet"]["path"] == "/v2/health/ready"
         assert ports.get(probe["httpGet"]["port"], probe["httpGet"]["port"]) == ports["http"]
-    assert readiness["periodSeconds"] == seconds(healthcheck["interval"])
-    assert readiness["timeoutSeconds"] == seconds(healthcheck["timeout"])
-    assert readiness["failureThreshold"] == healthcheck["retries"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= seconds(healthcheck["start_period"])
-    # compose's health check runs either the readiness request or the canary: a probe here runs the same.
     if "bertqa.canary" in command:
-        assert command.split("bertqa.canary", 1)[1].split() == CANARY[3:], command
+        canary_options = command.split("bertqa.canary", 1)[1].replace("localhost", "127.0.0.1").split()
+        assert canary_options == CANARY[3:], command
+        counterpart = spec["livenessProbe"]
     else:
         match = re.search(r"https?://[^/'\"]+:(\d+)(/v2/health/\w+)", command)
         assert match and (int(match.group(1)), match.group(2)) == (ports["http"], "/v2/health/ready"), command
+        counterpart = spec["readinessProbe"]
+    assert counterpart["periodSeconds"] == seconds(healthcheck["interval"])
+    assert counterpart["timeoutSeconds"] == seconds(healthcheck["timeout"])
+    assert counterpart["failureThreshold"] == healthcheck["retries"]
+    startup = spec["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= seconds(healthcheck["start_period"])
 
 
 def test_liveness_runs_the_canary_inference(rendered):
