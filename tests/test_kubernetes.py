@@ -661,6 +661,32 @@ def test_autoscaler_uses_the_adapter_metric_on_triton_metrics(rendered):
     assert "nv_inference_queue_duration_us" in (K8S / "monitoring" / "horizontalpodautoscaler.yaml").read_text()
 
 
+def adapter_query(rule: dict, group_by: str = "namespace, pod") -> str:
+    """The rule's query as prometheus-adapter sends it for one pod of the HPA."""
+    matchers = 'namespace="bertqa",pod="triton-0"'
+    return rule["metricsQuery"].replace("<<.LabelMatchers>>", matchers).replace("<<.GroupBy>>", group_by)
+
+
+def test_autoscaler_query_is_valid_promql_over_triton_metrics():
+    promql_parser = pytest.importorskip("promql_parser", reason="promql-parser is a dev dependency")
+    (rule,) = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    expression = promql_parser.parse(adapter_query(rule))
+    selectors = []
+    promql_parser.walk(expression, lambda node: selectors.append(node)
+                       if isinstance(node, promql_parser.VectorSelector) else None)
+    assert {s.name for s in selectors} == {"nv_inference_queue_duration_us", "nv_inference_request_success"}
+    assert {s.name for s in selectors} <= TRITON_METRICS
+    # The query documented in the HPA manifest is the same expression without the adapter's templating.
+    documented = [line[1:] for line in (K8S / "monitoring" / "horizontalpodautoscaler.yaml").read_text().splitlines()
+                  if line.startswith("#   ")]
+    (in_readme,) = re.findall(r"```promql\n(.*?)```", (K8S / "README.md").read_text(), re.DOTALL)
+    plain = promql_parser.parse(re.sub(r"\{[^}]*\}", "", adapter_query(rule))).prettify()
+    for text in (" ".join(documented), in_readme):
+        assert promql_parser.parse(text).prettify() == plain, text
+    with pytest.raises(ValueError):
+        promql_parser.parse(adapter_query(rule).replace("[1m]", ""))  # rate() of an instant vector
+
+
 # --- load test Jobs -----------------------------------------------------------------------------
 
 
