@@ -388,6 +388,32 @@ def test_services_reach_the_declared_ports(rendered):
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def test_network_policy_opens_inference_to_all_and_metrics_to_the_cluster(rendered):
+    """compose publishes 8000/8001 on TRITON_BIND_ADDRESS and metrics on loopback only."""
+    objects = rendered["gpu"]
+    labels = find(objects, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    policy = find(objects, "NetworkPolicy", "triton")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    rules = {port["port"]: rule.get("from") for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    assert set(rules) == set(named_ports(triton(rendered)))
+    assert rules["http"] is None and rules["grpc"] is None, "any client"
+    assert rules["metrics"] == [{"namespaceSelector": {}}], "pods of the cluster (Prometheus), nobody outside"
+    locust = find(rendered["loadtest"], "NetworkPolicy", "locust")
+    (rule,) = locust["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "master"}]
+    assert rule["from"][0]["podSelector"]["matchLabels"] == \
+        locust_job(rendered, "locust-worker")["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_memory_limit_leaves_room_beside_dev_shm(rendered, overlay):
+    """A memory-backed emptyDir is charged to the container: /dev/shm must fit well inside the limit."""
+    pod = pod_spec(find(rendered[overlay], "Deployment", "triton"))
+    shm = next(v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory")
+    limit = triton(rendered, overlay)["resources"]["limits"]["memory"]
+    assert size_bytes(limit) >= 4 * size_bytes(shm["emptyDir"]["sizeLimit"]), (limit, shm)
+
+
 def test_probes_match_the_compose_health_check(rendered, compose):
     """compose has one health check: readiness or the canary. The probe here that runs the same
     check runs it on the same schedule; the startup probe allows compose's start period."""
