@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 import psutil
 
-from bertqa.client.qa_client import default_url, normalize_url
+from bertqa.client.qa_client import default_url, normalize_url, qa_inputs, qa_outputs
 from bertqa.client.stats import (
     STABILITY_WINDOWS,
     LatencySummary,
@@ -58,7 +58,6 @@ from bertqa.client.stats import (
 ENGINES = ("async", "threads")
 ARRIVALS = ("constant", "poisson")
 SCENARIOS = ("singlestream", "server", "offline")
-OUTPUTS = ("answer", "score", "start", "end")
 
 
 class BenchError(RuntimeError):
@@ -118,21 +117,13 @@ class BenchConfig:
 
 def build_payloads(module, batches: Sequence[tuple[list[str], list[str]]]) -> list[list]:
     """One list of InferInputs per distinct request, serialised once (tritonclient copies them per call)."""
-    payloads = []
-    for questions, contexts in batches:
-        inputs = []
-        for name, values in (("question", questions), ("context", contexts)):
-            array = np.array([v.encode("utf-8") for v in values], dtype=np.object_).reshape(-1, 1)
-            tensor = module.InferInput(name, list(array.shape), "BYTES")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        payloads.append(inputs)
-    return payloads
+    return [qa_inputs(module, questions, contexts) for questions, contexts in batches]
 
 
 class Recorder:
-    """Completions of one load point, in completion order. ``list.append`` is atomic under the GIL,
-    so the load threads append and the controller cuts windows at ``len()`` without a lock."""
+    """Completions of one load point, in completion order: ``latencies[k]`` and ``lags[k]`` belong to the
+    same request. The load threads record under a lock (a latency and its lag are two appends, which
+    threads could otherwise interleave); the controller cuts windows at ``len(latencies)``."""
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
@@ -141,15 +132,18 @@ class Recorder:
         self.issued = 0
         self.errors: Counter[str] = Counter()
         self.arrivals: Arrivals | None = None  # open loop: the schedule
+        self._lock = threading.Lock()
 
     def done(self, latency_s: float, lag_s: float = 0.0) -> None:
-        self.lags.append(lag_s)
-        self.latencies.append(latency_s)
+        with self._lock:
+            self.lags.append(lag_s)  # before the latency: a cut at len(latencies) always has the lags
+            self.latencies.append(latency_s)
 
     def failed(self, message: str, lag_s: float = 0.0) -> None:
-        self.errors[message[:300]] += 1
-        self.lags.append(lag_s)
-        self.latencies.append(math.nan)
+        with self._lock:
+            self.errors[message[:300]] += 1
+            self.lags.append(lag_s)
+            self.latencies.append(math.nan)
 
 
 def error_text(err: BaseException) -> str:
@@ -197,7 +191,7 @@ class Engine:
         self.config = config
         self.module = _protocol_module(config.protocol)
         self.payloads = build_payloads(self.module, batches)
-        self.outputs = [self.module.InferRequestedOutput(n) for n in OUTPUTS]
+        self.outputs = qa_outputs(self.module)
         self.counter = itertools.count()
         self.finished = threading.Event()  # offline: all requests completed
 
@@ -451,9 +445,7 @@ class ServerStats:
 
         try:
             live = self.client.is_server_live()
-        except (InferenceServerException, OSError, ConnectionError) as err:
-            raise BenchError(f"no Triton server answers at {self.protocol}://{self.client_url()}: {error_text(err)}") from None
-        except Exception as err:  # noqa: BLE001 - grpc/geventhttpclient raise their own types
+        except Exception as err:  # noqa: BLE001 - tritonclient, OSError, and grpc/geventhttpclient's own types
             raise BenchError(f"no Triton server answers at {self.protocol}://{self.client_url()}: {error_text(err)}") from None
         if not live:
             raise BenchError(f"the server at {self.client_url()} is not live")
@@ -640,14 +632,16 @@ class PointResult:
             "server_request_ms": self.server_request_ms,
             "server": [row.as_dict() for row in self.server],
             "foreign_requests": self.foreign_requests,
-            "window_figures": [
-                {"duration_s": w.duration_s, "throughput": w.throughput, "requests": w.requests,
-                 "errors": w.errors, "latency_avg_ms": w.latency().avg, "latency_p99_ms": w.latency().metric("p99")}
-                for w in self.windows
-            ],
+            "window_figures": [_window_figures(w) for w in self.windows],
             "error_messages": self.errors,
             "drained": self.drained,
         }
+
+
+def _window_figures(window: WindowStats) -> dict:
+    latency = window.latency()
+    return {"duration_s": window.duration_s, "throughput": window.throughput, "requests": window.requests,
+            "errors": window.errors, "latency_avg_ms": latency.avg, "latency_p99_ms": latency.metric("p99")}
 
 
 ProgressFn = Callable[[str, dict], None]

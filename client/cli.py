@@ -53,10 +53,11 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    from bertqa.client.bench import ARRIVALS, ENGINES, SCENARIOS
-    from bertqa.client.data import DEFAULT_SAMPLES
-    from bertqa.client.stats import STABILITY_LATENCY_METRICS
+    _register_bench(subparsers)
+    _register_eval(subparsers)
 
+
+def _register_bench(subparsers) -> None:
     bench = subparsers.add_parser(
         "bench",
         help="measure throughput and latency against a running server (perf_analyzer / MLPerf LoadGen style)",
@@ -69,7 +70,16 @@ def register(subparsers) -> None:
         ),
     )
     _add_target(bench)
-    load = bench.add_argument_group("load (one of)")
+    _add_load_options(bench.add_argument_group("load (one of)"))
+    _add_measurement_options(bench.add_argument_group("measurement"))
+    _add_data_options(bench.add_argument_group("data"))
+    _add_output_options(bench.add_argument_group("output"))
+    bench.set_defaults(func=cmd_bench)
+
+
+def _add_load_options(load) -> None:
+    from bertqa.client.bench import ARRIVALS, SCENARIOS
+
     load.add_argument("--concurrency", type=_ints, default=None,
                       help=f"closed-loop sweep of requests in flight, e.g. 1,2,4 (default {DEFAULT_CONCURRENCY}); "
                            "with --scenario offline: the most requests in flight (default 64)")
@@ -89,7 +99,11 @@ def register(subparsers) -> None:
     load.add_argument("--max-outstanding", type=_positive(int), default=256,
                       help="open loop: most requests in flight (default 256)")
 
-    measure = bench.add_argument_group("measurement")
+
+def _add_measurement_options(measure) -> None:
+    from bertqa.client.bench import ENGINES
+    from bertqa.client.stats import STABILITY_LATENCY_METRICS
+
     measure.add_argument("--window-s", type=_positive(float), default=3.0, help="measurement window (default 3 s)")
     measure.add_argument("--warmup-s", type=float, default=1.0, help="warm-up before the windows (default 1 s)")
     measure.add_argument("--max-trials", type=int, default=10, help="most windows per point (default 10, >= 3)")
@@ -102,20 +116,26 @@ def register(subparsers) -> None:
     measure.add_argument("--timeout-s", type=_positive(float), default=120.0, help="per-request timeout")
     measure.add_argument("--no-server-stats", action="store_true", help="skip Triton's statistics API")
 
-    data = bench.add_argument_group("data")
+
+def _add_data_options(data) -> None:
+    from bertqa.client.data import DEFAULT_SAMPLES
+
     data.add_argument("--data", type=Path, default=None,
-                      help="SQuAD JSON or JSON Lines of {question, context} (default: the built-in set)")
+                      help="SQuAD JSON or JSON Lines of {question, context} (default: SQuAD v1.1 dev pairs when "
+                           "fetched by `bertqa data squad`, else the built-in generated set)")
     data.add_argument("--samples", type=_positive(int), default=DEFAULT_SAMPLES,
                       help=f"pairs to use (default {DEFAULT_SAMPLES}; a --data file is cut to this many)")
-    data.add_argument("--seed", type=int, default=0, help="seed of the built-in set and of Poisson arrivals")
+    data.add_argument("--seed", type=int, default=0, help="seed of the pair sample / built-in set and of Poisson arrivals")
 
-    output = bench.add_argument_group("output")
+
+def _add_output_options(output) -> None:
     output.add_argument("--json", type=Path, default=None, help="write all results as JSON")
     output.add_argument("--csv", type=Path, default=None, help="write one CSV row per load point")
     output.add_argument("--plot", type=Path, default=None, help="write a PNG: latency percentiles vs throughput")
     output.add_argument("--quiet", action="store_true", help="no live progress")
-    bench.set_defaults(func=cmd_bench)
 
+
+def _register_eval(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "eval",
         help="SQuAD v1.1 exact match / F1 through the server (official metric and output)",
@@ -124,7 +144,9 @@ def register(subparsers) -> None:
             "in the official format and prints {\"exact_match\": ..., \"f1\": ...} as evaluate-v1.1.py does."
         ),
     )
-    evaluate.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 JSON (or JSON Lines with answers)")
+    evaluate.add_argument("--data", type=Path, default=None,
+                          help="SQuAD v1.1 JSON or JSON Lines with answers (default: SQuAD v1.1 dev, fetched by "
+                               "`bertqa data squad`)")
     _add_target(evaluate)
     evaluate.add_argument("--batch-size", type=_positive(int), default=8, help="pairs per request (default 8)")
     evaluate.add_argument("--concurrency", type=_positive(int), default=2, help="requests in flight (default 2)")
@@ -164,34 +186,48 @@ def build_loads(args) -> tuple[list, str | None, int]:
     return [Load("concurrency", c) for c in (args.concurrency or _ints(DEFAULT_CONCURRENCY))], None, batch or 1
 
 
+def _bench_config(args: argparse.Namespace, batch_size: int):
+    from bertqa.client.bench import BenchConfig
+
+    return BenchConfig(
+        url=args.url, protocol=args.protocol, model=args.model, batch_size=batch_size,
+        window_s=args.window_s, warmup_s=args.warmup_s, max_trials=args.max_trials,
+        stability_threshold=args.stability_pct / 100.0, stability_latency=args.stability_latency,
+        engine=args.engine, timeout_s=args.timeout_s, max_outstanding=args.max_outstanding,
+        server_stats=not args.no_server_stats, seed=args.seed,
+    )
+
+
+def _bench_exit_code(result) -> int:
+    if result.interrupted:
+        return 130
+    if result.points and all(p.measured.requests == 0 for p in result.points):
+        return 1  # nothing succeeded
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bertqa.client import report
-    from bertqa.client.bench import BenchConfig, BenchError, run_bench
+    from bertqa.client.bench import BenchError, run_bench
     from bertqa.client.data import load_examples, request_batches, summarize
     from bertqa.squad import DataFileError
 
     console = _console()
     loads, scenario, batch_size = build_loads(args)
     try:
-        config = BenchConfig(
-            url=args.url, protocol=args.protocol, model=args.model, batch_size=batch_size,
-            window_s=args.window_s, warmup_s=args.warmup_s, max_trials=args.max_trials,
-            stability_threshold=args.stability_pct / 100.0, stability_latency=args.stability_latency,
-            engine=args.engine, timeout_s=args.timeout_s, max_outstanding=args.max_outstanding,
-            server_stats=not args.no_server_stats, seed=args.seed,
-        )
-        examples = load_examples(args.data, args.samples, args.seed)
+        config = _bench_config(args, batch_size)
+        pairs = load_examples(args.data, args.samples, args.seed)
     except (ValueError, DataFileError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
-    summary = summarize(examples, str(args.data) if args.data else "the built-in set")
+    summary = summarize(pairs.examples, pairs.source)
     console.print(f"data: {summary.describe()}", highlight=False)
     console.print(f"target: {config.model} over {config.protocol} at {config.url}; {len(loads)} load point(s)",
                   highlight=False)
     try:
         with report.LiveProgress(console, quiet=args.quiet) as progress:
             result = run_bench(
-                config, loads, request_batches(examples, batch_size), summary.as_dict(), progress,
+                config, loads, request_batches(pairs.examples, batch_size), summary.as_dict(), progress,
                 scenario=scenario, latency_bound_ms=args.latency_bound_ms if scenario == "server" else None,
                 target_qps=args.target_qps if scenario == "server" else None,
             )
@@ -202,21 +238,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for writer, path in ((report.write_json, args.json), (report.write_csv, args.csv), (report.plot, args.plot)):
         if path is not None:
             console.print(f"wrote {writer(result, path)}", highlight=False)
-    if result.interrupted:
-        return 130
-    if result.points and all(p.measured.requests == 0 for p in result.points):
-        return 1  # nothing succeeded
-    return 0
+    return _bench_exit_code(result)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from bertqa.client.eval import EvalError, evaluate, official_json, read_predictions, score, write_predictions
-    from bertqa.squad import DataFileError, read_examples
+    from bertqa.squad import DataFileError, read_examples, squad_file
 
     console = _console()
     try:
-        examples = read_examples(args.data, require_answers=True)
-    except DataFileError as err:
+        examples = read_examples(args.data or squad_file("dev"), require_answers=True)
+    except (DataFileError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         return 2
     if args.limit:

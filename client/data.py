@@ -1,4 +1,5 @@
-"""Question/context pairs for `bertqa bench`: a built-in SQuAD-like set, or a data file.
+"""Question/context pairs for `bertqa bench` and the locust users: real SQuAD v1.1 dev pairs when dev has
+been fetched (`bertqa data squad`), else a built-in SQuAD-like set; or a data file (``--data``).
 
 The built-in set is generated deterministically (no download): encyclopedic paragraphs about
 invented people, places and organisations, with a question whose answer is a span of the context.
@@ -145,12 +146,39 @@ def builtin_examples(count: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> 
     return examples
 
 
-def load_examples(path: str | Path | None, count: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> list[QAExample]:
-    """The pairs a benchmark sends: ``path`` (SQuAD JSON / JSON Lines) or the built-in set."""
-    if path is None:
-        return builtin_examples(count, seed)
+@dataclass(frozen=True)
+class Pairs:
+    """The pairs a load generator sends and where they came from (said in its output)."""
+
+    examples: list[QAExample]
+    source: str
+
+
+def squad_dev_sample(count: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> Pairs | None:
+    """``count`` real SQuAD v1.1 dev pairs (a seeded random sample, so the length mix is dev's), or None
+    when dev has not been fetched (``bertqa data squad``; ``BERTQA_DATA_DIR`` says where)."""
+    from bertqa.squad import squad_file
+
+    try:
+        path = squad_file("dev")
+    except FileNotFoundError:
+        return None
     examples = read_examples(path)
-    return examples[:count] if count and count < len(examples) else examples
+    chosen = random.Random(seed).sample(examples, min(count, len(examples)))
+    return Pairs(chosen, f"SQuAD v1.1 dev ({path}; a seed-{seed} sample of its {len(examples)} questions)")
+
+
+def load_examples(path: str | Path | None, count: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> Pairs:
+    """The pairs a benchmark sends: ``path`` (SQuAD JSON / JSON Lines, cut to ``count``), else real SQuAD
+    dev pairs when fetched, else the built-in generated set."""
+    if path is not None:
+        examples = read_examples(path)
+        return Pairs(examples[:count] if count and count < len(examples) else examples, str(path))
+    dev = squad_dev_sample(count, seed)
+    if dev is not None:
+        return dev
+    return Pairs(builtin_examples(count, seed),
+                 "the built-in generated set (SQuAD v1.1 dev not fetched; `bertqa data squad` fetches it)")
 
 
 def summarize(examples: Sequence[QAExample], source: str) -> DataSummary:

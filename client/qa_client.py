@@ -13,6 +13,33 @@ from bertqa.text import Answer
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 PROTOCOLS = tuple(DEFAULT_PORTS)
+OUTPUTS = ("answer", "score", "start", "end")
+
+
+def bytes_input(module, name: str, values: Sequence[str | bytes], binary_data: bool | None = None):
+    """A BYTES ``InferInput`` of shape [len(values), 1], strings UTF-8 encoded, for ``tritonclient.http`` or
+    ``tritonclient.grpc`` (``module``). ``binary_data`` (HTTP only): binary tensor extension or JSON."""
+    array = np.array([v if isinstance(v, bytes) else v.encode("utf-8") for v in values], dtype=np.object_)
+    array = array.reshape(-1, 1)
+    tensor = module.InferInput(name, list(array.shape), "BYTES")
+    if binary_data is None:
+        tensor.set_data_from_numpy(array)
+    else:
+        tensor.set_data_from_numpy(array, binary_data=binary_data)
+    return tensor
+
+
+def qa_inputs(module, questions: Sequence[str | bytes], contexts: Sequence[str | bytes],
+              binary_data: bool | None = None) -> list:
+    """The ``question`` and ``context`` inputs of the `bert_qa` ensemble for a batch of pairs."""
+    return [bytes_input(module, "question", questions, binary_data), bytes_input(module, "context", contexts, binary_data)]
+
+
+def qa_outputs(module, binary_data: bool | None = None) -> list:
+    """The four outputs of the `bert_qa` ensemble, requested."""
+    if binary_data is None:
+        return [module.InferRequestedOutput(name) for name in OUTPUTS]
+    return [module.InferRequestedOutput(name, binary_data=binary_data) for name in OUTPUTS]
 
 
 def default_url(protocol: str, host: str = "localhost") -> str:
@@ -53,18 +80,10 @@ class QAClient:
             self.client = grpcclient.InferenceServerClient(self.url)
 
     def inputs(self, questions: Sequence[str | bytes], contexts: Sequence[str | bytes]) -> list:
-        tensors = []
-        for name, values in (("question", questions), ("context", contexts)):
-            array = np.array(
-                [v if isinstance(v, bytes) else v.encode("utf-8") for v in values], dtype=np.object_
-            ).reshape(-1, 1)
-            tensor = self._module.InferInput(name, list(array.shape), "BYTES")
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        return tensors
+        return qa_inputs(self._module, questions, contexts)
 
     def outputs(self) -> list:
-        return [self._module.InferRequestedOutput(n) for n in ("answer", "score", "start", "end")]
+        return qa_outputs(self._module)
 
     def infer(self, questions: Sequence[str | bytes], contexts: Sequence[str | bytes]):
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}

@@ -28,7 +28,6 @@ import time
 from urllib.parse import urlsplit
 
 import grpc.experimental.gevent as grpc_gevent
-import numpy as np
 from locust import FastHttpUser, User, events, task
 from locust.runners import WorkerRunner
 
@@ -37,68 +36,13 @@ grpc_gevent.init_gevent()  # before any gRPC channel exists: gRPC I/O must yield
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from bertqa.client.qa_client import OUTPUTS, qa_inputs, qa_outputs
+
 logger = logging.getLogger("bertqa.loadtest")
 
 PROTOCOLS = ("http-json", "http-binary", "grpc")
-OUTPUTS = ("answer", "score", "start", "end")
 DEFAULT_GRPC_PORT = 8001
 TRUE_VALUES = {"1", "true", "yes", "on"}
-
-# Used only when there is no --data and bertqa.client.data is missing.
-BUILTIN_PAIRS: tuple[tuple[str, str], ...] = (
-    (
-        "Where was Zoë Müller born?",
-        (
-            "Zürich is the largest city in Switzerland. The river Limmat flows through it. Zoë Müller was born in "
-            "Zürich in 1987 and later moved to Genève, where she founded the café Naïve Rêve in 2012."
-        ),
-    ),
-    ("What is the capital of France?", "Paris is the capital and most populous city of France."),
-    (
-        "When was the Eiffel Tower completed?",
-        (
-            "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. It was designed by the "
-            "engineering company of Gustave Eiffel and completed in 1889 as the entrance arch to the World's Fair."
-        ),
-    ),
-    (
-        "What does the mitochondrion produce?",
-        (
-            "The mitochondrion is an organelle found in most eukaryotic cells. It generates most of the cell's "
-            "supply of adenosine triphosphate, which is used as a source of chemical energy."
-        ),
-    ),
-    (
-        "Who wrote Pride and Prejudice?",
-        (
-            "Pride and Prejudice is an 1813 novel of manners written by Jane Austen. It follows the character "
-            "development of Elizabeth Bennet, the protagonist of the book."
-        ),
-    ),
-    (
-        "How long is the Great Wall?",
-        (
-            "The Great Wall of China is a series of fortifications built across the historical northern borders "
-            "of ancient Chinese states. The best-known sections were built by the Ming dynasty; all of its "
-            "branches together measure about 21,196 kilometres."
-        ),
-    ),
-    (
-        "Which gas do plants absorb?",
-        (
-            "During photosynthesis plants absorb carbon dioxide from the air and release oxygen. The process "
-            "takes place in the chloroplasts and is driven by light energy captured by chlorophyll."
-        ),
-    ),
-    (
-        "What is the boiling point of water at sea level?",
-        (
-            "At sea level, water boils at 100 degrees Celsius (212 degrees Fahrenheit). At higher altitudes the "
-            "boiling point is lower because the atmospheric pressure is lower."
-        ),
-    ),
-)
-
 
 # --------------------------------------------------------------------------------------------------
 # Options
@@ -111,6 +55,12 @@ def _flag_requested(option: str, env_var: str) -> bool:
 
 @events.init_command_line_parser.add_listener
 def add_options(parser) -> None:
+    add_target_options(parser)
+    add_step_load_options(parser)
+
+
+def add_target_options(parser) -> None:
+    """What to query, with what, and how long to wait."""
     parser.add_argument(
         "--model", env_var="BERTQA_MODEL", default="bert_qa", help="model to query (default bert_qa)"
     )
@@ -126,7 +76,8 @@ def add_options(parser) -> None:
         "--data",
         env_var="BERTQA_DATA",
         default="",
-        help="SQuAD JSON or JSON Lines file of question/context pairs (default: the built-in set)",
+        help="SQuAD JSON or JSON Lines file of question/context pairs (default: SQuAD v1.1 dev pairs when fetched "
+        "by `bertqa data squad`, else the built-in generated set)",
     )
     parser.add_argument(
         "--grpc-url",
@@ -141,6 +92,9 @@ def add_options(parser) -> None:
         default=60.0,
         help="seconds before a request counts as failed (default 60)",
     )
+
+
+def add_step_load_options(parser) -> None:
     parser.add_argument(
         "--step-load",
         env_var="BERTQA_STEP_LOAD",
@@ -182,35 +136,13 @@ def grpc_target(host: str | None, grpc_url: str = "") -> str:
 
 @functools.cache
 def load_pairs(data: str = "") -> tuple[tuple[str, str], ...]:
-    """--data's pairs, else the project's built-in set (bertqa.client.data: the pairs `bertqa bench` sends)."""
-    if data:
-        from bertqa.squad import read_examples
+    """--data's pairs, else what `bertqa bench` sends: real SQuAD v1.1 dev pairs when dev has been fetched
+    (`bertqa data squad`), else the built-in generated set (bertqa.client.data)."""
+    from bertqa.client.data import DEFAULT_SAMPLES, load_examples
 
-        pairs = tuple((e.question, e.context) for e in read_examples(data))
-        logger.info("corpus: %d question/context pairs from %s", len(pairs), data)
-        return pairs
-    try:
-        from bertqa.client.data import builtin_examples
-    except ImportError:  # a checkout without the client package's data module
-        return BUILTIN_PAIRS
-    return tuple((e.question, e.context) for e in builtin_examples())
-
-
-def _tensors(module, question: str, context: str, binary: bool | None = None) -> tuple[list, list]:
-    inputs = []
-    for name, value in (("question", question), ("context", context)):
-        tensor = module.InferInput(name, [1, 1], "BYTES")
-        array = np.array([[value.encode("utf-8")]], dtype=np.object_)
-        if binary is None:
-            tensor.set_data_from_numpy(array)
-        else:
-            tensor.set_data_from_numpy(array, binary_data=binary)
-        inputs.append(tensor)
-    if binary is None:
-        outputs = [module.InferRequestedOutput(n) for n in OUTPUTS]
-    else:
-        outputs = [module.InferRequestedOutput(n, binary_data=binary) for n in OUTPUTS]
-    return inputs, outputs
+    pairs = load_examples(data or None, count=0 if data else DEFAULT_SAMPLES)
+    logger.info("corpus: %d question/context pairs from %s", len(pairs.examples), pairs.source)
+    return tuple((e.question, e.context) for e in pairs.examples)
 
 
 @functools.cache
@@ -234,7 +166,7 @@ def binary_bodies(data: str) -> tuple[tuple[bytes, int], ...]:
     """(body, JSON header length) per pair, from tritonclient's own request-body generator."""
     bodies = []
     for question, context in load_pairs(data):
-        inputs, outputs = _tensors(httpclient, question, context, binary=True)
+        inputs, outputs = qa_inputs(httpclient, [question], [context], True), qa_outputs(httpclient, True)
         body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
         bodies.append((body, len(body) if json_size is None else json_size))
     return tuple(bodies)
@@ -242,7 +174,7 @@ def binary_bodies(data: str) -> tuple[tuple[bytes, int], ...]:
 
 @functools.cache
 def grpc_tensors(data: str) -> tuple[tuple[list, list], ...]:
-    return tuple(_tensors(grpcclient, q, c) for q, c in load_pairs(data))
+    return tuple((qa_inputs(grpcclient, [q], [c]), qa_outputs(grpcclient)) for q, c in load_pairs(data))
 
 
 # --------------------------------------------------------------------------------------------------

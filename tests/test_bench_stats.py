@@ -220,7 +220,53 @@ def test_request_batches_cycle_through_every_pair():
 def test_data_file_jsonl_is_read(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps({"question": f"q{i}?", "context": f"context {i}."}) for i in range(7)))
-    assert [e.question for e in load_examples(path, count=5)] == [f"q{i}?" for i in range(5)]
+    pairs = load_examples(path, count=5)
+    assert [e.question for e in pairs.examples] == [f"q{i}?" for i in range(5)]
+    assert pairs.source == str(path)
+
+
+@pytest.fixture
+def fetched_dev(tmp_path, monkeypatch):
+    """BERTQA_DATA_DIR with the committed dev slice standing in for a fetched dev-v1.1.json (no download)."""
+    import shutil
+
+    from bertqa.squad import dev_slice_path
+
+    (tmp_path / "squad").mkdir()
+    shutil.copy(dev_slice_path(), tmp_path / "squad" / "dev-v1.1.json")
+    monkeypatch.setenv("BERTQA_DATA_DIR", str(tmp_path))
+    return tmp_path / "squad" / "dev-v1.1.json"
+
+
+def test_default_pairs_are_a_deterministic_squad_dev_sample_when_fetched(fetched_dev, tmp_path):
+    from bertqa.squad import read_examples
+
+    dev = {e.id: e for e in read_examples(fetched_dev)}
+    pairs = load_examples(None, count=40, seed=0)
+    assert pairs.source.startswith("SQuAD v1.1 dev") and str(fetched_dev) in pairs.source
+    assert len(pairs.examples) == 40 and all(dev[e.id] == e for e in pairs.examples)
+    assert pairs == load_examples(None, count=40, seed=0)
+    assert pairs.examples != load_examples(None, count=40, seed=1).examples
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"question": "q?", "context": "c."}))
+    assert [e.question for e in load_examples(path, count=40).examples] == ["q?"]  # --data still wins
+
+
+def test_default_pairs_are_the_builtin_set_without_dev(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTQA_DATA_DIR", str(tmp_path))
+    pairs = load_examples(None, count=12, seed=3)
+    assert pairs.examples == builtin_examples(12, seed=3)
+    assert "built-in" in pairs.source and "bertqa data squad" in pairs.source
+
+
+def test_bench_says_which_pairs_it_sends(fetched_dev, capsys):
+    from bertqa.cli import main
+    from bertqa.server import free_ports
+
+    (port,) = free_ports(1)  # nothing listens: the data line is printed, then the run fails cleanly
+    assert main(["bench", "--url", f"127.0.0.1:{port}", "--concurrency", "1", "--samples", "8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "data: 8 pairs from SQuAD v1.1 dev" in err and "no Triton server answers" in err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,3 +380,70 @@ def test_json_has_no_nan(tmp_path):
     result.points.append(synthetic_point(Load("concurrency", 8), [], errors=5))
     text = report.write_json(result, tmp_path / "r.json").read_text()
     assert "NaN" not in text and json.loads(text)["points"][2]["latency_ms"]["avg"] is None
+
+
+# --------------------------------------------------------------------------------------------------
+# The recorder under the threads engine
+
+
+def test_recorder_keeps_each_latency_with_its_lag_under_threads():
+    """Issue 12: Recorder.done appended to two lists without a lock, so two threads could interleave and
+    pair one request's send lag with another's latency (the threads engine slices both lists together).
+    CPython 3.11 rarely switches threads between two appends, so the lag list here yields the GIL after
+    each append: exactly the interleaving that other interpreters (3.12+, free-threaded) allow."""
+    import threading
+    import time
+
+    from bertqa.client.bench import Recorder
+
+    class YieldingList(list):
+        def append(self, value) -> None:
+            super().append(value)
+            time.sleep(0)  # let another thread run between the lag and the latency
+
+    recorder = Recorder(batch_size=1)
+    recorder.lags = YieldingList()
+    per_thread = 300
+
+    def record(thread: int) -> None:
+        for i in range(per_thread):
+            value = float(thread * per_thread + i)
+            if i % 7:
+                recorder.done(value, value)
+            else:
+                recorder.failed("boom", value)
+
+    threads = [threading.Thread(target=record, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(recorder.latencies) == len(recorder.lags) == 8 * per_thread
+    pairs = list(zip(recorder.latencies, recorder.lags))
+    assert all(latency == lag for latency, lag in pairs if latency == latency)  # NaN: a failed request
+    failed_lags = sorted(lag for latency, lag in pairs if latency != latency)
+    assert failed_lags == sorted(float(t * per_thread + i) for t in range(8) for i in range(0, per_thread, 7))
+
+
+def test_one_bytes_input_builder_serves_both_protocols():
+    """qa_inputs: the one BYTES-tensor builder of qa_client, bench and the locustfile (issue 12)."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import serialize_byte_tensor
+
+    from bertqa.client.qa_client import qa_inputs, qa_outputs
+
+    questions, contexts = ["Wo?", b"Who?"], ["Zürich liegt an der Limmat.", "Ada."]
+    serialized = serialize_byte_tensor(np.array([[c.encode()] for c in contexts], dtype=np.object_))
+    expected = serialized.item() if serialized.dtype == np.object_ else serialized.tobytes()
+    for module, binary in ((httpclient, None), (httpclient, True), (httpclient, False), (grpcclient, None)):
+        question, context = qa_inputs(module, questions, contexts, binary)
+        assert (question.name(), context.name()) == ("question", "context")
+        assert question.shape() == context.shape() == [2, 1] and context.datatype() == "BYTES"
+        if module is grpcclient:
+            assert context._get_content() == expected
+        elif binary is False:
+            assert question._get_tensor()["data"] == ["Wo?", "Who?"]
+        else:
+            assert context._get_binary_data() == expected
+        assert [o.name() for o in qa_outputs(module, binary)] == ["answer", "score", "start", "end"]

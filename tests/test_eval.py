@@ -151,3 +151,19 @@ def test_a_single_question_the_server_rejects_names_it(triton_server):
     bad = [QAExample("fine", "Who?", "Ada was here.", ("Ada",)), QAExample("empty", "Who?", "   ", ("x",))]
     with pytest.raises(EvalError, match="'empty'.*empty"):
         predict(bad, triton_server.http_url, "http", batch_size=2, concurrency=1)
+
+
+def test_eval_defaults_to_fetched_dev(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from bertqa.squad import dev_slice_path
+
+    monkeypatch.setenv("BERTQA_DATA_DIR", str(tmp_path))
+    empty = tmp_path / "none.json"
+    empty.write_text("{}")
+    assert main(["eval", "--predictions-in", str(empty)]) == 2
+    assert "bertqa data squad" in capsys.readouterr().err
+    (tmp_path / "squad").mkdir()
+    shutil.copy(dev_slice_path(), tmp_path / "squad" / "dev-v1.1.json")
+    assert main(["eval", "--predictions-in", str(empty), "--limit", "10"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"exact_match": 0.0, "f1": 0.0}

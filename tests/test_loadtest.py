@@ -70,14 +70,14 @@ def parse_summary(output: str) -> dict[str, Entry]:
     return entries
 
 
-def run_locust(*args: str, run_time: str | None, timeout_s: float = 60) -> LocustRun:
+def run_locust(*args: str, run_time: str | None, timeout_s: float = 60, env: dict | None = None) -> LocustRun:
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
         "--exit-code-on-error", "1", "--loglevel", "INFO", *(["-t", run_time] if run_time else []), *args,
     ]  # fmt: skip
     # Only the arguments count: no LOCUST_*/BERTQA_* settings from the caller's shell, and a working
     # directory (the locustfile's) without a locust.conf.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LOADTEST_VARIABLES)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(LOADTEST_VARIABLES)}, **(env or {})}
     result = subprocess.run(
         command, check=False, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=LOCUSTFILE.parent
     )
@@ -207,3 +207,24 @@ def test_step_load_adds_users_per_step_and_stops_by_itself(stub_url):
     assert "Shape test updating to 2 users" in run.output
     assert len(re.findall(r"step +\d+ users: .* req/s", run.output)) == 2, run.output[-4000:]
     assert run.total.requests > 0 and run.total.failures == 0, run.output[-4000:]
+
+
+@pytest.mark.parametrize("fetched", [True, False])
+def test_default_pairs_are_squad_dev_when_fetched(stub_url, tmp_path, fetched):
+    """No --data: real SQuAD v1.1 dev pairs when `bertqa data squad` has fetched dev, else the built-in set;
+    the log says which. BERTQA_DATA_DIR holds the committed dev slice in place of the full file."""
+    import shutil
+
+    from bertqa.squad import dev_slice_path
+
+    if fetched:
+        (tmp_path / "squad").mkdir()
+        shutil.copy(dev_slice_path(), tmp_path / "squad" / "dev-v1.1.json")
+    run = run_locust(
+        "-u", "1", "-r", "1", "--host", stub_url, "--model", "good", "--protocol", "http-json", run_time="2s",
+        env={"BERTQA_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+
+    assert run.returncode == 0 and run.total.requests > 0, run.output[-4000:]
+    expected = "from SQuAD v1.1 dev" if fetched else "from the built-in generated set"
+    assert re.search(r"corpus: \d+ question/context pairs " + expected, run.output), run.output[-4000:]
