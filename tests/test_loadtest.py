@@ -77,7 +77,10 @@ def run_locust(*args: str, run_time: str | None, timeout_s: float = 60, env: dic
     ]  # fmt: skip
     # Only the arguments count: no LOCUST_*/BERTQA_* settings from the caller's shell, and a working
     # directory (the locustfile's) without a locust.conf.
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(LOADTEST_VARIABLES)}, **(env or {})}
+    # The built-in pairs unless a test says otherwise: results must not depend on whether this checkout
+    # has fetched SQuAD (BERTQA_DATA_DIR without it).
+    hermetic = {"BERTQA_DATA_DIR": os.devnull}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(LOADTEST_VARIABLES)}, **hermetic, **(env or {})}
     result = subprocess.run(
         command, check=False, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=LOCUSTFILE.parent
     )
