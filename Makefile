@@ -7,7 +7,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PYTEST_ARGS ?=
 
-.PHONY: serve test install install-dev squad demo-model bench clean
+.PHONY: serve test install install-dev squad demo-model bench eval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ demo-model: $(VENV)/.dev-installed
 BENCH_ARGS ?=
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# SQuAD v1.1 dev accuracy (docs/ACCURACY.md + PNG): Triton FP32 and INT8 over HTTP and gRPC on all 10,570
+# questions, the in-process PyTorch reference and the Hugging Face pipeline. Fetches dev when missing; an
+# interrupted run resumes (saved passes under results/accuracy). About 15-20 minutes on 2 idle cores.
+EVAL_ARGS ?=
+eval: $(VENV)/.dev-installed
+	$(BIN)/python -m benchmarks.accuracy $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
