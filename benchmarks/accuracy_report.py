@@ -33,6 +33,17 @@ def agreement(a: dict[str, str], b: dict[str, str], examples: Sequence[QAExample
     return sum(a[i] == b[i] for i in ids), len(ids)
 
 
+def examples_table(a: dict[str, str], b: dict[str, str], examples: Sequence[QAExample], headings: tuple[str, str],
+                   lead: str, limit: int = 5) -> list[str]:
+    """``lead`` and the first ``limit`` questions where ``a`` and ``b`` answer differently, with the gold
+    answer; nothing where they never differ."""
+    rows = [lead, "", f"| Question | {headings[0]} | {headings[1]} | Gold |", "|---|---|---|---|"]
+    for example in [e for e in examples if e.id in a and e.id in b and a[e.id] != b[e.id]][:limit]:
+        cells = (example.question, a[example.id], b[example.id], example.answers[0])
+        rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return [*rows, ""] if len(rows) > 4 else []
+
+
 def _fmt(value: float, digits: int = 2) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -97,6 +108,8 @@ def whole_word_section(passes: dict, examples: Sequence[QAExample]) -> list[str]
         f"Answers changed by the widening: {total - same:,} of {total:,}; "
         f"EM {after.em - before.em:+.2f}, F1 {after.f1 - before.f1:+.2f}.",
         "",
+        *examples_table(record.decodings["unaligned"], record.predictions, scored, ("Before", "After"),
+                        "The first answers the widening changed:"),
     ]
 
 
@@ -122,9 +135,18 @@ def hf_section(passes: dict, examples: Sequence[QAExample]) -> list[str]:
         score = score_of(record.predictions, first)
         same = "—" if key == "hf-pipeline" else _pct(*agreement(record.predictions, hf.predictions, first))
         lines.append(f"| {record.title} | {score.em:.2f} | {score.f1:.2f} | {same} |")
-    lines += ["", "Where they differ, the pipeline ranks spans by probability (softmax per window) and we rank",
-              "them by start + end logit over all windows (the SQuAD/MLPerf reference rule); a few answers also",
-              "differ in the last digits of the logits.", ""]
+    lines += [
+        "",
+        "Within one window both rank spans the same way (start x end probability orders spans as start + end logit",
+        "does) and both widen answers to whole words. They can part where a context needs several windows (the",
+        "pipeline compares windows by probabilities normalised per window, we compare logits, as the SQuAD/MLPerf",
+        "reference does) or where the pipeline's best span is outside our 20 best starts x 20 best ends.",
+        "",
+    ]
+    served = passes.get("fp32-http")
+    if served is not None:
+        lines += examples_table(hf.predictions, served.predictions, first, ("HF pipeline", "Served FP32"),
+                                "The first questions where the pipeline and served FP32 differ:")
     return lines
 
 
