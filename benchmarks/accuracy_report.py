@@ -175,7 +175,8 @@ def plot(path: Path, passes: dict, examples: Sequence[QAExample]) -> Path | None
     records = [r for r in passes.values() if r is not None and r.complete]
     if not records:
         return None
-    names = [r.title.replace(", ", "\n") for r in records]
+    names = [r.title.replace(", ", "\n") + ("" if r.total == len(examples) else f"\n(first {r.total:,} questions)")
+             for r in records]
     f1 = [score_of(r.predictions, [e for e in examples[: r.total]]).f1 for r in records]
     speed = [r.questions_per_s for r in records]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -187,6 +188,8 @@ def plot(path: Path, passes: dict, examples: Sequence[QAExample]) -> Path | None
     right.barh(names, speed, color="tab:orange")
     right.set_xlabel("questions / s (this machine, while measured)")
     right.set_yticks([])
+    left.invert_yaxis()
+    right.invert_yaxis()
     figure.suptitle("Accuracy and speed of every way the demo model answers")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
