@@ -16,7 +16,7 @@ from bertqa.export.checkpoints import load_checkpoint
 from bertqa.export.onnx import DEFAULT_SAMPLE_PAIRS, ort_session
 from bertqa.export.pipeline import ExportOptions, export_to_repository
 from bertqa.export.repository import read_parameter
-from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer
+from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer, pair_contexts
 from export_helpers import copy_repository_configs, write_dle_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,8 @@ def _expected(logits_fn, repository, question, context):
     windower = QAWindower(load_tokenizer(repository / "qa_preprocess" / "1" / "tokenizer.json"), _windowing(repository))
     w = windower.windows([question], [context])
     start, end = logits_fn(w)
-    span = decode_spans(start, end, w.offsets, w.pair_index, 1, _decoding(repository))[0]
+    span = decode_spans(start, end, w.offsets, w.pair_index, 1, _decoding(repository),
+                        pair_contexts([context], w.pair_index))[0]
     return context[span.start:span.end], span.start, span.end, span.score
 
 
