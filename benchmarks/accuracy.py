@@ -126,7 +126,7 @@ class TorchReference:
 
         windowing, self.decoding = served_parameters(repository)
         self.windower = QAWindower(load_tokenizer(checkpoint / "tokenizer.json"), windowing)
-        self.model = BertForQuestionAnswering.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+        self.model = BertForQuestionAnswering.from_pretrained(checkpoint, dtype=torch.float32).eval()
         self.batch_questions = batch_questions
         self.torch = torch
 
