@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 from bertqa.files import atomic_write_text
-from bertqa.server import DEFAULT_REPOSITORY, PROJECT_ROOT
+from bertqa.server import PROJECT_ROOT
 from bertqa.squad import QAExample, read_examples
 
 DEFAULT_WORK_DIR = PROJECT_ROOT / "results" / "accuracy"
@@ -302,6 +302,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the Markdown report (PNG beside it)")
     parser.add_argument("--fresh", action="store_true", help="discard saved passes and answer everything again")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the saved passes")
+    parser.add_argument("--note", default="", help="a paragraph for the report's header (e.g. about the checkpoint)")
     return parser.parse_args(argv)
 
 
@@ -338,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_served(store, repository, examples, run_dir, ("grpc",))
     passes = {key: store.load(key) for key in [s[0] for s in SERVED] + ["pytorch", "hf-pipeline"]}
     written = write_report(args.output, passes, examples, data=data, identity=identity,
-                           minutes=(time.time() - began) / 60, repository_defaults=DEFAULT_REPOSITORY)
+                           minutes=(time.time() - began) / 60, note=args.note)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -197,7 +197,7 @@ def plot(path: Path, passes: dict, examples: Sequence[QAExample]) -> Path | None
     return path
 
 
-def header(examples, data: Path, identity: dict, minutes: float, passes: dict) -> list[str]:
+def header(examples, data: Path, identity: dict, minutes: float, passes: dict, note: str = "") -> list[str]:
     import os
 
     answering = sum(r.seconds for r in passes.values() if r is not None) / 60
@@ -215,14 +215,15 @@ def header(examples, data: Path, identity: dict, minutes: float, passes: dict) -
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work while measured, so "
         f"questions/s are indicative; {answering:.0f} min of answering in all ({minutes:.0f} min this session).",
         "",
+        *([note, ""] if note else []),
     ]
 
 
 def write_report(output: Path, passes: dict, examples: Sequence[QAExample], *, data: Path, identity: dict,
-                 minutes: float, repository_defaults: Path | None = None) -> list[Path]:
+                 minutes: float, note: str = "") -> list[Path]:
     output.parent.mkdir(parents=True, exist_ok=True)
     image = plot(output.with_suffix(".png"), passes, examples)
-    lines = header(examples, data, identity, minutes, passes)
+    lines = header(examples, data, identity, minutes, passes, note)
     lines += ["## Results", "", *results_table(passes, examples), ""]
     if image is not None:
         lines += [f"![F1 and questions/s per system]({image.name})", ""]
