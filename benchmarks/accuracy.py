@@ -302,6 +302,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the Markdown report (PNG beside it)")
     parser.add_argument("--fresh", action="store_true", help="discard saved passes and answer everything again")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the saved passes")
+    parser.add_argument("--only", choices=("served", "in-process"), default=None,
+                        help="run only these passes (two processes, one each, share the saved passes)")
     parser.add_argument("--note", default="", help="a paragraph for the report's header (e.g. about the checkpoint)")
     return parser.parse_args(argv)
 
@@ -334,9 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         repository = prepare_repository(args.checkpoint.resolve(), args.work_dir / "model_repository", identity)
         # What the targets need first (a run cut short still judges them), then the second protocol.
-        run_served(store, repository, examples, run_dir, ("http",))
-        run_in_process(store, args.checkpoint.resolve(), repository, examples, hf_questions)
-        run_served(store, repository, examples, run_dir, ("grpc",))
+        if args.only in (None, "served"):
+            run_served(store, repository, examples, run_dir, ("http",))
+        if args.only in (None, "in-process"):
+            run_in_process(store, args.checkpoint.resolve(), repository, examples, hf_questions)
+        if args.only in (None, "served"):
+            run_served(store, repository, examples, run_dir, ("grpc",))
     passes = {key: store.load(key) for key in [s[0] for s in SERVED] + ["pytorch", "hf-pipeline"]}
     written = write_report(args.output, passes, examples, data=data, identity=identity,
                            minutes=(time.time() - began) / 60, note=args.note)
