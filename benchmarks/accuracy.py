@@ -265,16 +265,17 @@ def run_served(store: PassStore, repository: Path, examples, work_dir: Path, pro
 
 
 def run_in_process(store: PassStore, checkpoint: Path, repository: Path, examples, hf_questions: int) -> None:
-    record = store.load("pytorch")
-    if not (record and record.complete and record.total == len(examples)):
-        run_pass(store, "pytorch", "in-process PyTorch FP32", examples, TorchReference(checkpoint, repository),
-                 settings={"batch_questions": 8})
+    """The HF pipeline's fixed first questions, then the PyTorch reference on all of them."""
     if hf_questions:
         first = examples[:hf_questions]
         record = store.load("hf-pipeline")
         if not (record and record.complete and record.total == len(first)):
             run_pass(store, "hf-pipeline", "HF pipeline PyTorch FP32", first, hf_answerer(checkpoint),
                      block=64, settings={**HF_SETTINGS, "batch_size": 8})
+    record = store.load("pytorch")
+    if not (record and record.complete and record.total == len(examples)):
+        run_pass(store, "pytorch", "in-process PyTorch FP32", examples, TorchReference(checkpoint, repository),
+                 block=128, settings={"batch_questions": 8})
 
 
 def dev_examples(data: Path | None, limit: int | None) -> tuple[Path, list[QAExample]]:
