@@ -79,3 +79,10 @@ def test_make_eval_end_to_end_on_the_dev_slice(tmp_path):
     before = output.stat().st_mtime_ns
     assert main(args) == 0  # everything saved: nothing is answered again, the report is rewritten
     assert output.stat().st_mtime_ns > before
+
+
+def test_targets_of_a_run_cut_short_are_judged_on_the_questions_answered():
+    partial = _record("pytorch", 10)
+    partial.predictions = dict(list(partial.predictions.items())[:5])
+    rows = targets_table({"fp32-http": _record("fp32-http", 5), "pytorch": partial}, EXAMPLES)[2:]
+    assert len(rows) == 1 and "100.00 vs 100.00" in rows[0] and "on the 5 questions both answered" in rows[0]
