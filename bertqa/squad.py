@@ -17,7 +17,6 @@ take the best over the gold answers.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from bertqa.files import replacing
+from bertqa.files import file_digest, replacing
 
 
 @dataclass(frozen=True)
@@ -178,11 +177,7 @@ def dev_slice_path() -> Path:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _progress(total: int | None, description: str):

@@ -92,7 +92,9 @@ def test_multi_window_context_equals_reference(client, reference):
     context = long_context(1500)
     question = "What is the secret password of the archive?"
     assert reference.windower.windows([question], [context]).num_windows > 2
-    assert_same(client.ask(question, context), reference.answer([question], [context]))
+    served = client.ask(question, context)
+    assert_same(served, reference.answer([question], [context]))
+    assert served[0].text == "marmalade"
 
 
 def test_concurrent_requests_equal_reference(triton_server, reference, client):
@@ -117,6 +119,11 @@ def test_eight_thousand_word_context_is_answered(client):
     context = long_context(8000)
     assert len(context.split()) >= 7900
     (answer,) = client.ask("What is the secret password of the archive?", context)
+    # The planted answer itself, where it was planted (an empty or wrong span would pass a bare offsets check).
+    assert answer.text == "marmalade"
+    assert answer.start == context.index("The secret password of the archive is marmalade.") + len(
+        "The secret password of the archive is "
+    )
     assert context[answer.start : answer.end] == answer.text
 
 

