@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,32 +78,47 @@ def export(checkpoint: Path, repository: Path, fmt: str, *, no_eval: bool, conso
 # Config text edits
 
 
+def _edited(text: str, edit) -> str:
+    """Parses a config.pbtxt (Triton's ModelConfig protobuf), applies ``edit`` and prints it again."""
+    from bertqa.export.repository import parse_config, render_config
+
+    config = parse_config(text, "config.pbtxt")
+    edit(config)
+    return render_config(config, ["Edited by benchmarks/models.py for a side-by-side variant."])
+
+
 def set_name(text: str, name: str) -> str:
-    return re.sub(r'^name:\s*"[^"]*"', f'name: "{name}"', text, count=1, flags=re.M)
+    return _edited(text, lambda c: setattr(c, "name", name))
 
 
 def without_dynamic_batching(text: str) -> str:
-    return re.sub(r"^dynamic_batching\s*\{[^}]*\}\s*\n", "", text, flags=re.M)
+    return _edited(text, lambda c: c.ClearField("dynamic_batching"))
 
 
 def with_instance_count(text: str, count: int | None) -> str:
     """``instance_group [ { count: N } ]`` (kind left to Triton); None removes it (Triton's default)."""
-    text = re.sub(r"^instance_group\s*\[.*?\]\s*\n", "", text, flags=re.M | re.S)
-    if count is None:
-        return text
-    return text.rstrip("\n") + f"\ninstance_group [ {{ count: {count} }} ]\n"
+    def edit(config) -> None:
+        config.ClearField("instance_group")
+        if count is not None:
+            config.instance_group.add(count=count)
+
+    return _edited(text, edit)
 
 
 def with_parameter(text: str, key: str, value: str) -> str:
-    pattern = re.compile(r'(\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*")[^"]*(")')
-    if not pattern.search(text):
-        raise ValueError(f"parameter {key} not in config")
-    return pattern.sub(lambda m: m.group(1) + value + m.group(2), text)
+    def edit(config) -> None:
+        if key not in config.parameters:
+            raise ValueError(f"parameter {key} not in config")
+        config.parameters[key].string_value = value
+
+    return _edited(text, edit)
 
 
 def read_parameter(text: str, key: str) -> str | None:
-    match = re.search(r'\{\s*key:\s*"' + re.escape(key) + r'"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return match.group(1) if match else None
+    from bertqa.export.repository import parse_config
+
+    config = parse_config(text, "config.pbtxt")
+    return config.parameters[key].string_value if key in config.parameters else None
 
 
 def clone_model(repository: Path, source: str, name: str, edit=lambda text: text) -> Path:
@@ -128,13 +142,26 @@ def clone_model(repository: Path, source: str, name: str, edit=lambda text: text
 
 
 def clone_ensemble(repository: Path, source: str, name: str, steps: dict[str, str]) -> Path:
-    """An ensemble like ``source`` whose steps ``old -> new`` model names are swapped."""
-    def edit(text: str) -> str:
-        for old, new in steps.items():
-            text = re.sub(r'model_name:\s*"' + re.escape(old) + '"', f'model_name: "{new}"', text)
-        return text
+    """An ensemble like ``source`` whose models ``old -> new`` are swapped: its steps, and the BERT
+    model its pre-processing step runs by BLS (parameter ``bert_model``; a copy of the step if needed)."""
+    from bertqa.export.repository import parse_config
 
-    return clone_model(repository, source, name, edit)
+    steps = dict(steps)
+    config = parse_config((repository / source / "config.pbtxt").read_text(), source)
+    pre = config.ensemble_scheduling.step[0].model_name
+    bert = read_parameter((repository / pre / "config.pbtxt").read_text(), "bert_model")
+    if bert in steps:
+        steps.setdefault(pre, f"{pre}_{name}")
+        if not (repository / steps[pre]).is_dir():
+            clone_model(repository, pre, steps[pre])
+        target = repository / steps[pre] / "config.pbtxt"
+        target.write_text(with_parameter(target.read_text(), "bert_model", steps[bert]))
+
+    def edit(config) -> None:
+        for step in config.ensemble_scheduling.step:
+            step.model_name = steps.get(step.model_name, step.model_name)
+
+    return clone_model(repository, source, name, lambda text: _edited(text, edit))
 
 
 def tune_bert_config(path: Path, instances: int | None = 1, intra_op_threads: str | None = None) -> None:

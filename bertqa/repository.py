@@ -38,6 +38,12 @@ class ModelEntry:
     def steps(self) -> list[str]:
         return [step.model_name for step in self.config.ensemble_scheduling.step]
 
+    @property
+    def dependencies(self) -> list[str]:
+        """Models this one needs: an ensemble's steps, a pre-processing model's ``bert_model`` (run by BLS)."""
+        bls = self.config.parameters["bert_model"].string_value if "bert_model" in self.config.parameters else ""
+        return self.steps + ([bls] if bls else [])
+
     def latest_version_dir(self) -> Path | None:
         versions = [p for p in self.directory.iterdir() if p.is_dir() and p.name.isdigit()]
         return max(versions, key=lambda p: int(p.name)) if versions else None
@@ -89,12 +95,12 @@ def plan_loading(repository: Path) -> tuple[list[str], dict[str, str]]:
         if missing:
             skipped[entry.name] = "missing " + ", ".join(str(p.relative_to(repository)) for p in missing)
     changed = True
-    while changed:  # an ensemble is loadable only if every step is
+    while changed:  # a model is loadable only if every model it needs is
         changed = False
         for entry in entries.values():
-            if entry.name in skipped or not entry.is_ensemble:
+            if entry.name in skipped:
                 continue
-            bad = [s for s in entry.steps if s not in entries or s in skipped]
+            bad = [s for s in entry.dependencies if s not in entries or s in skipped]
             if bad:
                 skipped[entry.name] = "needs " + ", ".join(
                     f"{s} ({'not in repository' if s not in entries else 'skipped'})" for s in bad
@@ -104,8 +110,45 @@ def plan_loading(repository: Path) -> tuple[list[str], dict[str, str]]:
     return loadable, skipped
 
 
-def loadable_models(repository: Path) -> list[str]:
-    return plan_loading(repository)[0]
+def with_dependencies(entries: dict[str, ModelEntry], names: list[str]) -> list[str]:
+    """``names`` and, transitively, every model they need. Triton loads an ensemble's steps itself
+    in explicit mode, but not the models a Python model calls by BLS (the pre-processing's BERT)."""
+    out: dict[str, None] = {}
+    pending = list(names)
+    while pending:
+        name = pending.pop(0)
+        if name not in out:
+            out[name] = None
+            pending += entries[name].dependencies if name in entries else []
+    return list(out)
+
+
+class PipelineConfigError(ValueError):
+    """The repository's configs cannot serve a model as configured (raised when it loads)."""
+
+
+def check_window_capacity(repository: Path, preprocess_name: str, bert_model: str, max_windows: int) -> int:
+    """BERT's max_batch_size (the BLS chunk size), after checking that ``max_windows`` fits every model
+    that receives all windows of one request as one batch (the step after ``preprocess_name`` in
+    each ensemble). The error names both numbers."""
+    models = read_repository(repository)
+    if bert_model not in models:
+        raise PipelineConfigError(f"{preprocess_name}: bert_model {bert_model!r} is not in the model repository")
+    chunk = models[bert_model].config.max_batch_size
+    if chunk < 1:
+        raise PipelineConfigError(f"{preprocess_name}: {bert_model} has max_batch_size {chunk}; "
+                                  f"it must batch windows (max_batch_size >= 1)")
+    for entry in models.values():
+        for step, following in zip(entry.steps, entry.steps[1:]):
+            receiver = models.get(following)
+            if step == preprocess_name and receiver is not None and receiver.config.max_batch_size < max_windows:
+                raise PipelineConfigError(
+                    f"max_windows {max_windows} exceeds {following}'s max_batch_size "
+                    f"{receiver.config.max_batch_size} (ensemble {entry.name} sends all windows of a request to "
+                    f"{following} as one batch): lower {preprocess_name}'s max_windows or raise {following}'s "
+                    f"max_batch_size"
+                )
+    return chunk
 
 
 def main() -> None:

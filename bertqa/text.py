@@ -29,15 +29,34 @@ class InvalidInputError(ValueError):
     """A request the models cannot answer; the message names the problem (-> HTTP 400)."""
 
 
+#: Window lengths the pre-processing pads to (the smallest that fits), up to ``max_seq_len``.
+DEFAULT_SEQ_LEN_BUCKETS = (128, 192, 256, 320, 384)
+
+
+def bucket_lengths(max_seq_len: int, candidates: Sequence[int] = DEFAULT_SEQ_LEN_BUCKETS) -> tuple[int, ...]:
+    """The candidate buckets below ``max_seq_len``, then ``max_seq_len`` itself (384 -> 128,...,384)."""
+    return tuple(b for b in sorted(candidates) if b < max_seq_len) + (max_seq_len,)
+
+
 @dataclass(frozen=True)
 class WindowingConfig:
+    """How question/context pairs become BERT windows: defined once here, validated on construction.
+
+    `qa_preprocess`'s parameters are these fields (``bertqa.triton.params.PreprocessParameters``),
+    the committed and exported ``qa_preprocess`` configs are generated from them, and the exporter
+    validates and evaluates with the variant's own instance.
+    """
+
     max_seq_len: int = 384
     doc_stride: int = 128
     max_query_len: int = 64
     # Windows are padded to the smallest bucket that fits them, so the dynamic batcher can group
     # requests of equal shape without padding everything to max_seq_len.
-    seq_len_buckets: tuple[int, ...] = (384,)
-    max_windows: int = 64
+    seq_len_buckets: tuple[int, ...] = DEFAULT_SEQ_LEN_BUCKETS
+    # The most windows one request may need (README "Long documents": 512 windows of 384 tokens hold
+    # roughly 70,000 words of English prose); beyond it the request is refused with HTTP 400.
+    # BERT runs them in chunks of its own max_batch_size.
+    max_windows: int = 512
 
     def __post_init__(self) -> None:
         if self.max_seq_len - self.max_query_len - 3 <= self.doc_stride:
@@ -49,10 +68,29 @@ class WindowingConfig:
             raise ValueError(
                 f"seq_len_buckets {self.seq_len_buckets} must end at max_seq_len {self.max_seq_len}"
             )
+        if list(self.seq_len_buckets) != sorted(set(self.seq_len_buckets)):
+            raise ValueError(f"seq_len_buckets {self.seq_len_buckets} must be strictly increasing")
         if min(self.seq_len_buckets) < self.max_query_len + 4:
             raise ValueError(f"the smallest bucket {min(self.seq_len_buckets)} cannot hold a question")
         if self.max_windows < 1:
             raise ValueError("max_windows must be >= 1")
+
+    @classmethod
+    def for_max_seq_len(cls, max_seq_len: int, **overrides) -> "WindowingConfig":
+        """The defaults fitted to another window length (a model with fewer positions, ``--seq-len``).
+
+        384 gives exactly the defaults; shorter windows get a proportionally shorter question and stride.
+        """
+        if max_seq_len < 16:
+            raise ValueError(f"max_seq_len {max_seq_len} is too short for question/context windows")
+        query = min(cls.max_query_len, max_seq_len // 4)
+        settings = dict(
+            max_seq_len=max_seq_len,
+            max_query_len=query,
+            doc_stride=min(cls.doc_stride, (max_seq_len - query - 4) // 2),
+            seq_len_buckets=tuple(b for b in bucket_lengths(max_seq_len) if b >= query + 4),
+        )
+        return cls(**{**settings, **overrides})
 
 
 @dataclass(frozen=True)
@@ -77,15 +115,6 @@ class Windows:
     @property
     def num_windows(self) -> int:
         return int(self.input_ids.shape[0])
-
-    def select(self, window_indices: np.ndarray) -> "Windows":
-        return Windows(
-            self.input_ids[window_indices],
-            self.attention_mask[window_indices],
-            self.token_type_ids[window_indices],
-            self.offsets[window_indices],
-            self.pair_index[window_indices],
-        )
 
 
 @dataclass(frozen=True)
@@ -191,7 +220,8 @@ class QAWindower:
             raise InvalidInputError(
                 f"the request needs {total} windows of {self.config.max_seq_len} tokens "
                 f"(context[{longest}] alone needs {len(per_pair[longest])}), but at most "
-                f"{self.config.max_windows} fit in one request; send long contexts as separate requests"
+                f"{self.config.max_windows} are allowed per request (qa_preprocess parameter max_windows; "
+                f"README \"Long documents\"); shorten the context or split it over several requests"
             )
         longest_window = max(len(w.ids) for windows in per_pair for w in windows)
         length = next(b for b in sorted(self.config.seq_len_buckets) if b >= longest_window)

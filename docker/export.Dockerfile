@@ -22,8 +22,6 @@ ENV PIP_NO_CACHE_DIR=1 \
     TRANSFORMERS_OFFLINE=1 \
     # install-demo copies the committed demo model from here.
     BERTQA_DEMO_DIR=/opt/bertqa/src/demo_model \
-    # The int8 export compares SQuAD F1 with FP32 on this sample.
-    BERTQA_EVAL_FILE=/opt/bertqa/src/tests/data/squad_sample.json \
     PATH=/opt/bertqa/bin:${PATH}
 
 COPY docker/export/check_tensorrt.py /opt/bertqa/bin/check_tensorrt.py

@@ -1,7 +1,7 @@
 """`bertqa export`: a checkpoint into the Triton model repository (also `python -m bertqa.export`).
 
     bertqa export --checkpoint PATH --format onnx|onnx-int8|tensorrt|openvino [--precision fp32|fp16|bf16|int8]
-                  [--sparsity] [--max-batch N] [--seq-len 384] [--repository model_repository] ...
+                  [--sparsity] [--max-batch N] [--seq-len 384] [--max-windows 512] [--repository DIR] ...
 
 Exit status: 0 exported; 2 invalid options or checkpoint; 3 TensorRT without a GPU/TensorRT;
 1 the export failed validation or another error (the repository is left as it was).
@@ -50,8 +50,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.add_argument("--sparsity", action="store_true", help="tensorrt: enable 2:4 sparse-weight kernels")
     parser.add_argument("--max-batch", type=_positive_int, default=64, help="max_batch_size / largest profile batch")
     parser.add_argument("--seq-len", type=_positive_int, default=None,
-                        help="longest window (default: qa_preprocess's max_seq_len, else 384); TensorRT's largest profile")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+                        help="window length (default: the variant's current max_seq_len, else 384 or the model's "
+                             "positions); also TensorRT's largest profile")
+    parser.add_argument("--max-windows", type=_positive_int, default=None,
+                        help="most windows one request may need, beyond it HTTP 400 (default: the variant's "
+                             "current max_windows, else 512; README \"Long documents\")")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"),
+                        help="model repository to install into; created (complete and servable) if missing")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 14..21 (default 17)")
     parser.add_argument("--weight-storage", choices=("fp32", "fp16"), default="fp32",
                         help="onnx: store weights as FP16 + Cast (half the file, FP32 compute; only if lossless)")
@@ -59,8 +64,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help="SQuAD JSON or JSONL questions/contexts: static Q/DQ INT8 (onnx-int8, tensorrt int8), "
                              "openvino int8 (default: the committed SQuAD dev slice)")
     parser.add_argument("--eval-file", type=Path, default=None,
-                        help="SQuAD file for EM/F1 (onnx-int8 default: tests/data/squad_sample.json when present; "
-                             "openvino: the committed SQuAD dev slice)")
+                        help="SQuAD file for EM/F1 (onnx-int8 and openvino default: the committed SQuAD v1.1 dev slice)")
     parser.add_argument("--no-eval", action="store_true", help="onnx-int8: skip the F1 comparison")
     parser.add_argument("--max-eval", type=_positive_int, default=None, help="evaluate only the first N questions")
     parser.add_argument("--gpu-accelerator", choices=("cuda", "tensorrt"), default=None,
@@ -97,7 +101,7 @@ def options_from_args(args: argparse.Namespace):
 
     return ExportOptions(
         checkpoint=args.checkpoint, format=args.format, precision=args.precision, sparsity=args.sparsity,
-        max_batch=args.max_batch, seq_len=args.seq_len, repository=args.repository, opset=args.opset,
+        max_batch=args.max_batch, seq_len=args.seq_len, max_windows=args.max_windows, repository=args.repository, opset=args.opset,
         weight_storage=args.weight_storage, calibration=args.calibration, eval_file=args.eval_file,
         no_eval=args.no_eval, max_eval=args.max_eval, gpu_accelerator=args.gpu_accelerator,
         seq_buckets=args.seq_buckets, opt_batch=args.opt_batch, workspace_gib=args.workspace_gib,

@@ -26,18 +26,12 @@ class EvalResult:
     predictions: dict[str, str]
 
 
-def serving_windowing(max_seq_len: int = 384) -> WindowingConfig:
-    from bertqa.export.onnx import validation_windowing
-
-    return validation_windowing(max_seq_len, max_seq_len)
-
-
 def evaluate_session(
     session, tokenizer_file: str | Path, examples: Sequence[QAExample], *,
     windowing: WindowingConfig | None = None, batch_size: int = 8, decoding: DecodingConfig = DecodingConfig(),
 ) -> EvalResult:
     """EM/F1 of an ONNX Runtime session; each question is windowed and decoded like the server does."""
-    windower = QAWindower(load_tokenizer(tokenizer_file), windowing or serving_windowing())
+    windower = QAWindower(load_tokenizer(tokenizer_file), windowing or WindowingConfig())
     predictions: dict[str, str] = {}
     seconds = 0.0
     count = 0

@@ -8,13 +8,12 @@ The exported graph has the tensor names the model repository expects::
 Triton 24.10 bundles ONNX Runtime 1.19, so the file is kept at opset <= 21 and IR version <= 10.
 Nothing is written to ``output_path`` unless ONNX Runtime reproduces PyTorch's logits within
 ``atol`` on tokenized question/context windows (batches of several windows and several sequence
-lengths); the file is then written atomically (temp file in the same folder + ``os.replace``).
+lengths); the file is then written atomically (``bertqa.files.replacing``).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from bertqa.files import replacing
 from bertqa.text import QAWindower, Windows, WindowingConfig, load_tokenizer
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -88,16 +88,8 @@ class OnnxExportReport:
 
 
 def validation_windowing(max_position_embeddings: int, max_seq_len: int = 384) -> WindowingConfig:
-    """Windowing that fits the model: the serving defaults (384, stride 128, buckets 128/256/384) when it can."""
-    seq = min(max_seq_len, int(max_position_embeddings))
-    if seq < 16:
-        raise ValueError(f"max_position_embeddings {max_position_embeddings} is too small for QA windows")
-    query = min(64, seq // 4)
-    stride = min(128, (seq - query - 4) // 2)
-    buckets = tuple(b for b in (128, 256) if query + 4 <= b < seq) + (seq,)
-    return WindowingConfig(
-        max_seq_len=seq, doc_stride=stride, max_query_len=query, seq_len_buckets=buckets, max_windows=256
-    )
+    """The serving windowing fitted to the model's positions (``WindowingConfig.for_max_seq_len``)."""
+    return WindowingConfig.for_max_seq_len(min(max_seq_len, int(max_position_embeddings)))
 
 
 def validation_batches(
@@ -256,22 +248,6 @@ def store_weights_fp16(model_proto) -> int:
 # Export
 
 
-def _temp_path(target: Path) -> Path:
-    """An empty temp file beside ``target`` (same file system: os.replace is atomic), mode 0644."""
-    fd, name = tempfile.mkstemp(prefix=target.name + ".tmp", dir=target.parent)
-    os.close(fd)
-    os.chmod(name, 0o644)  # mkstemp's 0600 would hide the model from a server running as another user
-    return Path(name)
-
-
-def _unlink(path: Path | None) -> None:
-    if path is not None:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-
-
 def torch_to_onnx_proto(model, opset: int, sample: Windows, scratch: Path):
     """torch.onnx.export (TorchScript exporter, dynamic batch and sequence axes) -> ModelProto."""
     import onnx
@@ -289,6 +265,44 @@ def torch_to_onnx_proto(model, opset: int, sample: Windows, scratch: Path):
     return onnx.load(str(scratch))
 
 
+def _check_export_arguments(model, tokenizer, tokenizer_file, opset: int, weight_storage: str) -> None:
+    check_opset(opset)
+    if weight_storage not in WEIGHT_STORAGES:
+        raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got {weight_storage!r}")
+    if getattr(model, "training", False):
+        raise ValueError("model is in training mode (dropout on); call model.eval() before exporting")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and tokenizer.get_vocab_size() > vocab:
+        raise ValueError(
+            f"{tokenizer_file}: tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
+            f"embeddings hold only {vocab}; they do not belong together"
+        )
+
+
+def _check_close(what: str, diff_start: float, diff_end: float, atol: float, consequence: str) -> None:
+    if not (diff_start <= atol and diff_end <= atol):
+        raise ExportValidationError(
+            f"{what} differs from PyTorch: max |diff| start {diff_start:.3g}, end {diff_end:.3g} > atol {atol:g}; "
+            f"{consequence}"
+        )
+
+
+def _final_proto(model, opset: int, sample: Windows, scratch: Path, weight_storage: str, say):
+    """The exported graph with the IR version capped and (optionally) FP16 weight storage, checked."""
+    import onnx
+
+    try:
+        proto = torch_to_onnx_proto(model, opset, sample, scratch)
+    finally:
+        scratch.unlink(missing_ok=True)
+    cap_ir_version(proto)
+    if weight_storage == "fp16":
+        converted = store_weights_fp16(proto)
+        say(f"stored {converted} weight tensors as FP16 (lossless) + Cast to FP32")
+    onnx.checker.check_model(proto)
+    return proto
+
+
 def export_onnx(
     model,
     tokenizer_file: str | Path,
@@ -298,7 +312,7 @@ def export_onnx(
     sample_pairs: Sequence[tuple[str, str]] | None = None,
     atol: float = 1e-3,
     weight_storage: str = "fp32",
-    max_seq_len: int = 384,
+    windowing: WindowingConfig | None = None,
     optimized_output_path: str | Path | None = None,
     log: Callable[[str], None] | None = print,
 ) -> OnnxExportReport:
@@ -306,7 +320,8 @@ def export_onnx(
 
     - ``sample_pairs``: (question, context) pairs tokenized with ``tokenizer_file`` through
       ``QAWindower`` for validation (default: a built-in handful, including a multi-window context).
-    - ``max_seq_len``: window length of the validation inputs (capped by the model's positions).
+    - ``windowing``: how the validation windows are cut (default: the serving windowing fitted to
+      the model's positions); the exporter passes the variant's own.
     - ``weight_storage="fp16"``: store weights as FP16 + Cast nodes (half the file), only when that
       is lossless; compute stays FP32.
     - ``optimized_output_path``: also write an ONNX Runtime offline-optimized copy (fused for the
@@ -317,85 +332,32 @@ def export_onnx(
     """
     import onnx
 
-    check_opset(opset)
-    if weight_storage not in WEIGHT_STORAGES:
-        raise ValueError(f"weight_storage must be one of {WEIGHT_STORAGES}, got {weight_storage!r}")
-    if getattr(model, "training", False):
-        raise ValueError("model is in training mode (dropout on); call model.eval() before exporting")
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: None)
-
-    tokenizer = load_tokenizer(tokenizer_file)
-    vocab = getattr(model.config, "vocab_size", None)
-    if vocab is not None and tokenizer.get_vocab_size() > vocab:
-        raise ValueError(
-            f"{tokenizer_file}: tokenizer has {tokenizer.get_vocab_size()} tokens but the model's "
-            f"embeddings hold only {vocab}; they do not belong together"
-        )
-    windowing = validation_windowing(model.config.max_position_embeddings, max_seq_len)
+    _check_export_arguments(model, load_tokenizer(tokenizer_file), tokenizer_file, opset, weight_storage)
+    output_path = Path(output_path)
+    windowing = windowing or validation_windowing(model.config.max_position_embeddings)
     batches = validation_batches(tokenizer_file, sample_pairs, windowing)
     references = [(batch, torch_logits(model, batch)) for batch in batches]
 
-    scratch = final_tmp = optimized_tmp = None
-    try:
-        scratch = _temp_path(output_path)
-        proto = torch_to_onnx_proto(model, opset, batches[0], scratch)
-        _unlink(scratch)
-        scratch = None
-        cap_ir_version(proto)
-        if weight_storage == "fp16":
-            converted = store_weights_fp16(proto)
-            say(f"stored {converted} weight tensors as FP16 (lossless) + Cast to FP32")
-        onnx.checker.check_model(proto)
-        final_tmp = _temp_path(output_path)
+    with contextlib.ExitStack() as files:
+        final_tmp = files.enter_context(replacing(output_path))
+        proto = _final_proto(model, opset, batches[0], final_tmp.with_suffix(".scratch"), weight_storage, say)
         onnx.save(proto, str(final_tmp))
         del proto
-
-        session = ort_session(final_tmp)
-        diff_start, diff_end = compare_with_reference(session, references)
-        windows = sum(b.num_windows for b in batches)
+        diff_start, diff_end = compare_with_reference(ort_session(final_tmp), references)
         shapes = ", ".join(f"{b.num_windows}x{b.input_ids.shape[1]}" for b in batches)
-        say(
-            f"ONNX Runtime vs PyTorch on {windows} windows ({shapes}): max |diff| "
-            f"start_logits {diff_start:.3g}, end_logits {diff_end:.3g} (atol {atol:g})"
-        )
-        if not (diff_start <= atol and diff_end <= atol):
-            raise ExportValidationError(
-                f"exported ONNX differs from PyTorch: max |diff| start {diff_start:.3g}, end {diff_end:.3g} "
-                f"> atol {atol:g}; {output_path} was not written"
-            )
-
+        say(f"ONNX Runtime vs PyTorch on {sum(b.num_windows for b in batches)} windows ({shapes}): max |diff| "
+            f"start_logits {diff_start:.3g}, end_logits {diff_end:.3g} (atol {atol:g})")
+        _check_close("exported ONNX", diff_start, diff_end, atol, f"{output_path} was not written")
         if optimized_output_path is not None:
-            optimized_output_path = Path(optimized_output_path)
-            optimized_output_path.parent.mkdir(parents=True, exist_ok=True)
-            optimized_tmp = _temp_path(optimized_output_path)
+            optimized_tmp = files.enter_context(replacing(Path(optimized_output_path)))
             ort_session(final_tmp, optimized_model_path=str(optimized_tmp), level="extended")
             o_start, o_end = compare_with_reference(ort_session(optimized_tmp), references)
             say(f"ORT-optimized copy vs PyTorch: max |diff| start {o_start:.3g}, end {o_end:.3g}")
-            if not (o_start <= atol and o_end <= atol):
-                raise ExportValidationError(
-                    f"ORT-optimized model differs from PyTorch by {max(o_start, o_end):.3g} > atol {atol:g}"
-                )
-
+            _check_close("ORT-optimized model", o_start, o_end, atol, "nothing was written")
         final = onnx.load(str(final_tmp), load_external_data=False)
-        os.replace(final_tmp, output_path)
-        final_tmp = None
-        if optimized_tmp is not None:
-            os.replace(optimized_tmp, optimized_output_path)
-            optimized_tmp = None
-        report = OnnxExportReport(
-            path=output_path,
-            size_bytes=output_path.stat().st_size,
-            max_abs_diff_start=diff_start,
-            max_abs_diff_end=diff_end,
-            opset=model_opset(final),
-            ir_version=final.ir_version,
-        )
-        say(f"wrote {output_path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, IR {report.ir_version})")
-        return report
-    finally:
-        _unlink(scratch)
-        _unlink(final_tmp)
-        _unlink(optimized_tmp)
-
+        opset_written, ir_version = model_opset(final), final.ir_version
+    # Leaving the block replaced output_path (and the optimized copy) atomically.
+    report = OnnxExportReport(output_path, output_path.stat().st_size, diff_start, diff_end, opset_written, ir_version)
+    say(f"wrote {output_path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, IR {report.ir_version})")
+    return report

@@ -1,10 +1,14 @@
-"""Checkpoint -> validated model in the Triton repository (what `bertqa export` runs).
+"""Checkpoint -> validated variant in the Triton repository (what `bertqa export` runs).
 
-Order of work, so that a failure anywhere leaves the repository's current model untouched:
-check the options -> (TensorRT: check for a GPU) -> load the checkpoint strictly -> stage the
-model folder beside the repository -> export ONNX (validated against PyTorch) -> quantize /
-build the engine (validated) -> generate config.pbtxt from the result -> swap the folder in ->
-replace qa_preprocess's tokenizer.json -> write the variant's ensemble.
+Order of work, so that a failure anywhere leaves the repository as it was:
+check the options -> (TensorRT: check for a GPU) -> load the checkpoint strictly -> decide the
+variant's windowing -> stage the variant's folders beside the repository (BERT model, its own
+pre-processing model with the checkpoint's tokenizer, its ensemble; qa_postprocess when the
+repository has none) -> export ONNX (validated against PyTorch) -> quantize / build the engine
+(validated) -> generate the configs -> swap every folder in as one transaction.
+
+A format is a row in ``repository.VARIANTS`` plus a builder in ``BUILDERS``: a function that writes
+the BERT model file into the staged version folder and returns its config text and reports.
 """
 
 from __future__ import annotations
@@ -12,22 +16,22 @@ from __future__ import annotations
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 
 from bertqa.export import repository as repo
 from bertqa.export.checkpoints import Checkpoint, load_checkpoint
 from bertqa.export.onnx import DEFAULT_OPSET, INPUT_NAMES, OUTPUT_NAMES, export_onnx, ort_session
+from bertqa.text import WindowingConfig
 
-FORMATS = ("onnx", "onnx-int8", "tensorrt", "openvino")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_EVAL_FILE = PROJECT_ROOT / "tests" / "data" / "squad_sample.json"
+FORMATS = repo.FORMATS
 DEFAULT_PRECISION = {"onnx": "fp32", "onnx-int8": "int8", "tensorrt": "fp16", "openvino": "fp32"}
 # TensorRT validation tolerances against PyTorch FP32 logits.
 TRT_ATOL = {"fp32": 1e-2, "fp16": 0.15}
+RESERVED_NAMES = (repo.POSTPROCESS_MODEL,)
 
 
 class ExportOptionsError(ValueError):
@@ -41,12 +45,13 @@ class ExportOptions:
     precision: str | None = None
     sparsity: bool = False
     max_batch: int = 64
-    seq_len: int | None = None  # default: qa_preprocess's max_seq_len, else 384
+    seq_len: int | None = None  # default: the variant's current max_seq_len, else min(384, model positions)
+    max_windows: int | None = None  # default: the variant's current max_windows, else WindowingConfig's
     repository: Path = Path("model_repository")
     opset: int = DEFAULT_OPSET
     weight_storage: str = "fp32"
     calibration: Path | None = None
-    eval_file: Path | None = None  # onnx-int8 default: tests/data/squad_sample.json when present
+    eval_file: Path | None = None  # onnx-int8 default: the committed SQuAD dev slice
     no_eval: bool = False
     max_eval: int | None = None
     gpu_accelerator: str | None = None
@@ -63,20 +68,47 @@ class ExportOptions:
     def resolved_precision(self) -> str:
         return self.precision or DEFAULT_PRECISION[self.format]
 
+    def variant(self) -> repo.Variant:
+        return repo.variant_for(self.format, self.model_name, self.ensemble_name, self.resolved_precision())
+
+    @property
+    def uses_trt_shapes(self) -> bool:
+        return self.format == "tensorrt" or self.gpu_accelerator == "tensorrt"
+
 
 @dataclass
 class ExportResult:
     model_dir: Path
     config_path: Path
     model_file: Path
-    ensemble_config: Path | None
-    tokenizer_changed: bool
+    preprocess_dir: Path
+    ensemble_config: Path
+    windowing: WindowingConfig
     reports: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
+def default_eval_file() -> Path | None:
+    """The committed SQuAD v1.1 dev slice (package data, so installed copies have it too)."""
+    from bertqa.squad import dev_slice_path
+
+    path = dev_slice_path()
+    return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Option checks
+
+
 def check_options(o: ExportOptions) -> None:
     """Rejects combinations that would be silently ignored or cannot work."""
+    _check_format_options(o)
+    _check_data_options(o)
+    _check_accelerator_options(o)
+    _check_names(o)
+
+
+def _check_format_options(o: ExportOptions) -> None:
     err = ExportOptionsError
     if o.format not in FORMATS:
         raise err(f"--format must be one of {', '.join(FORMATS)}, got {o.format!r}")
@@ -96,10 +128,19 @@ def check_options(o: ExportOptions) -> None:
         raise err(f"--max-batch must be a positive integer, got {o.max_batch}")
     if o.seq_len is not None and not 16 <= o.seq_len <= 4096:
         raise err(f"--seq-len must be within 16..4096, got {o.seq_len}")
+    if o.max_windows is not None and o.max_windows < 1:
+        raise err(f"--max-windows must be a positive integer, got {o.max_windows}")
     if o.weight_storage not in ("fp32", "fp16"):
         raise err(f"--weight-storage must be fp32 or fp16, got {o.weight_storage!r}")
     if o.weight_storage != "fp32" and o.format != "onnx":
         raise err("--weight-storage fp16 only applies to --format onnx (INT8 and TensorRT choose their own storage)")
+    if o.opset != DEFAULT_OPSET and not 14 <= o.opset <= 21:
+        raise err(f"--opset must be within 14..21 (Triton 24.10's ONNX Runtime 1.19 reads up to 21), got {o.opset}")
+
+
+def _check_data_options(o: ExportOptions) -> None:
+    err = ExportOptionsError
+    precision = o.resolved_precision()
     if o.calibration is not None:
         if o.format == "onnx" or (o.format == "openvino" and precision != "int8"):
             raise err("--calibration applies to --format onnx-int8 (static Q/DQ), tensorrt --precision int8 "
@@ -118,6 +159,10 @@ def check_options(o: ExportOptions) -> None:
             raise err("--eval-file and --no-eval contradict each other")
         if o.eval_file is not None and not Path(o.eval_file).is_file():
             raise err(f"--eval-file {o.eval_file}: file not found")
+
+
+def _check_accelerator_options(o: ExportOptions) -> None:
+    err = ExportOptionsError
     if o.gpu_accelerator is not None:
         if o.format == "openvino":
             raise err("--gpu-accelerator configures ONNX Runtime; --format openvino runs on CPU instances")
@@ -128,29 +173,33 @@ def check_options(o: ExportOptions) -> None:
         if o.format == "onnx-int8" and o.gpu_accelerator == "tensorrt" and o.calibration is None:
             raise err("dynamic INT8 (MatMulInteger) cannot run in TensorRT; add --calibration for a Q/DQ model "
                       "or use --gpu-accelerator cuda")
-    trt_shapes = o.format == "tensorrt" or o.gpu_accelerator == "tensorrt"
-    if (o.seq_buckets is not None or o.opt_batch is not None) and not trt_shapes:
+    if (o.seq_buckets is not None or o.opt_batch is not None) and not o.uses_trt_shapes:
         raise err("--seq-buckets/--opt-batch shape TensorRT profiles: use them with --format tensorrt "
                   "or --gpu-accelerator tensorrt")
-    if o.workspace_gib is not None and not trt_shapes:
+    if o.workspace_gib is not None and not o.uses_trt_shapes:
         raise err("--workspace-gib applies to TensorRT builds (--format tensorrt or --gpu-accelerator tensorrt)")
-    if o.opset != DEFAULT_OPSET and not 14 <= o.opset <= 21:
-        raise err(f"--opset must be within 14..21 (Triton 24.10's ONNX Runtime 1.19 reads up to 21), got {o.opset}")
+
+
+def _check_names(o: ExportOptions) -> None:
     for name in (o.model_name, o.ensemble_name):
         if name is not None and (not name or "/" in name or name.startswith(".")):
-            raise err(f"invalid model name {name!r}")
-    variant = repo.variant_for(o.format, o.model_name, o.ensemble_name, precision)
-    if variant.ensemble_name == repo.TEMPLATE_ENSEMBLE and variant.model_name != repo.TEMPLATE_BERT_MODEL:
-        raise err(f"{repo.TEMPLATE_ENSEMBLE} is the committed template ensemble (it runs {repo.TEMPLATE_BERT_MODEL}); "
-                  f"give --ensemble-name for a model named {variant.model_name!r}")
-    if variant.model_name in (repo.TEMPLATE_ENSEMBLE, repo.TOKENIZER_MODEL, "qa_postprocess") or \
-            variant.ensemble_name in (repo.TEMPLATE_BERT_MODEL, repo.TOKENIZER_MODEL, "qa_postprocess") and \
-            variant.ensemble_name != repo.TEMPLATE_ENSEMBLE:
-        raise err(f"--model-name/--ensemble-name must not replace the pipeline's other models "
-                  f"({variant.model_name!r}, {variant.ensemble_name!r})")
+            raise ExportOptionsError(f"invalid model name {name!r}")
+    v = o.variant()
+    names = (v.model_name, v.ensemble_name, v.preprocess_name)
+    if len(set(names)) != 3 or set(names) & set(RESERVED_NAMES):
+        raise ExportOptionsError(
+            f"--model-name/--ensemble-name must give the variant's BERT model {v.model_name!r}, ensemble "
+            f"{v.ensemble_name!r} and pre-processing {v.preprocess_name!r} distinct names, none of them "
+            f"{', '.join(RESERVED_NAMES)} (the pipeline's shared model)"
+        )
+    for other in repo.VARIANTS.values():
+        if other.format != o.format and v.model_name in (other.model_name, other.preprocess_name, other.ensemble_name):
+            raise ExportOptionsError(f"--model-name {v.model_name!r} is the {other.format} variant's; "
+                                     f"it must not replace the pipeline's other models")
 
 
 # --------------------------------------------------------------------------------------------------
+# Progress
 
 
 class _Steps:
@@ -173,248 +222,295 @@ class _Steps:
         if self.console is not None:
             self.console.print(message, highlight=False, markup=False)
 
+    def warn(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(f"[bold red]WARNING:[/bold red] {message}", highlight=False)
 
-def _repository_seq_settings(repository: Path) -> tuple[int | None, tuple[int, ...] | None, int | None]:
-    """qa_preprocess's max_seq_len, seq_len_buckets and max_windows (None where absent)."""
-    max_seq = repo.read_parameter(repository, repo.TOKENIZER_MODEL, "max_seq_len")
-    buckets = repo.read_parameter(repository, repo.TOKENIZER_MODEL, "seq_len_buckets")
-    windows = repo.read_parameter(repository, repo.TOKENIZER_MODEL, "max_windows")
-    return (
-        int(max_seq) if max_seq else None,
-        tuple(int(b) for b in buckets.split(",")) if buckets else None,
-        int(windows) if windows else None,
-    )
+
+# --------------------------------------------------------------------------------------------------
+# The export
+
+
+@dataclass
+class Job:
+    """Everything a format builder needs: the options, the loaded checkpoint and where to write."""
+
+    options: ExportOptions
+    variant: repo.Variant
+    checkpoint: Checkpoint
+    windowing: WindowingConfig
+    tokenizer_file: Path  # staged
+    model_file: Path  # staged, in the BERT model's version folder
+    scratch: Path
+    steps: _Steps
+    reports: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    profiles: list = field(default_factory=list)  # TensorRT shapes (TensorRT and ORT's TensorRT EP)
+
+    @property
+    def model(self):
+        return self.checkpoint.model
 
 
 def export_to_repository(options: ExportOptions, *, console: Console | None = None) -> ExportResult:
-    from bertqa.export import tensorrt as trt_mod
-
-    o = options
-    check_options(o)
+    check_options(options)
     steps = _Steps(console)
-    repository = Path(o.repository)
-    if not repository.is_dir():
-        raise repo.RepositoryError(f"{repository}: model repository not found")
-    precision = o.resolved_precision()
-    variant = repo.variant_for(o.format, o.model_name, o.ensemble_name, precision)
-    if o.format == "tensorrt":
+    if options.format == "tensorrt":
+        from bertqa.export import tensorrt as trt_mod
+
         trt_mod.require_gpu()  # fail before any slow work
-
-    pre_seq, pre_buckets, pre_windows = _repository_seq_settings(repository)
-    seq_len = o.seq_len or pre_seq or 384
-    notes: list[str] = []
-    uses_trt_shapes = o.format == "tensorrt" or o.gpu_accelerator == "tensorrt"
-    if uses_trt_shapes and pre_seq is not None and seq_len < pre_seq:
-        raise ExportOptionsError(
-            f"--seq-len {seq_len} is below qa_preprocess's max_seq_len {pre_seq}: TensorRT would reject its windows"
-        )
-    if pre_windows is not None and pre_windows > o.max_batch:
-        notes.append(
-            f"qa_preprocess's max_windows is {pre_windows} > --max-batch {o.max_batch}: requests needing more than "
-            f"{o.max_batch} windows will fail in the {variant.ensemble_name} ensemble"
-        )
-    # Template ensemble must exist before anything is staged.
-    repo.template_ensemble_text(repository)
-
-    with steps.step(f"loading checkpoint {o.checkpoint}"):
-        checkpoint: Checkpoint = load_checkpoint(
-            o.checkpoint, lowercase=o.lowercase, bert_config=o.bert_config, vocab_file=o.vocab
-        )
-    model = checkpoint.model
-    max_pos = int(model.config.max_position_embeddings)
-    if seq_len > max_pos:
-        raise ExportOptionsError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {max_pos}")
+    with steps.step(f"loading checkpoint {options.checkpoint}"):
+        checkpoint = load_checkpoint(options.checkpoint, lowercase=options.lowercase,
+                                     bert_config=options.bert_config, vocab_file=options.vocab)
     for note in checkpoint.notes:
         steps.say(f"  {note}")
-    notes += checkpoint.notes
+    variant = options.variant()
+    windowing = variant_windowing(options, variant, int(checkpoint.model.config.max_position_embeddings))
 
-    profiles = []
-    if uses_trt_shapes:
-        buckets = o.seq_buckets or tuple(b for b in (pre_buckets or trt_mod.DEFAULT_BUCKETS) if b < seq_len) + (seq_len,)
-        if buckets[-1] < seq_len:
-            raise ExportOptionsError(
-                f"--seq-buckets {','.join(map(str, buckets))} end below the window length {seq_len}: "
-                f"TensorRT would reject the longest windows"
-            )
-        profiles = trt_mod.profile_shapes(o.max_batch, buckets, opt_batch=o.opt_batch, max_position_embeddings=max_pos)
-
-    reports: dict = {}
-    with repo.StagedModel(repository, variant.model_name) as staged:
-        scratch = staged.root / "scratch"
-        scratch.mkdir()
-        tokenizer_file = checkpoint.save_tokenizer(staged.root / "tokenizer.json")
-        model_file = staged.version_dir / variant.model_file
-        log = steps.say
-
-        if o.format == "onnx":
-            with steps.step("exporting ONNX and validating it against PyTorch"):
-                report = export_onnx(model, tokenizer_file, model_file, opset=o.opset, atol=o.atol,
-                                     weight_storage=o.weight_storage, max_seq_len=seq_len, log=log)
-            reports["onnx"] = asdict(report)
-        else:
-            fp32_file = scratch / "fp32.onnx"
-            with steps.step("exporting FP32 ONNX and validating it against PyTorch"):
-                report = export_onnx(model, tokenizer_file, fp32_file, opset=o.opset, atol=o.atol,
-                                     max_seq_len=seq_len, log=log)
-            reports["onnx_fp32"] = asdict(report)
-
-        calibration_feeds = None
-        if o.calibration is not None:
-            from bertqa.export.evaluation import read_examples, serving_windowing
-            from bertqa.export.quantize import calibration_batches
-
-            examples = read_examples(o.calibration)
-            calibration_feeds = calibration_batches(tokenizer_file, examples, serving_windowing(seq_len))
-
-        if o.format == "onnx-int8":
-            from bertqa.export.quantize import compare_int8, quantize_int8
-
-            method = "static" if calibration_feeds else "dynamic"
-            target = "tensorrt" if o.gpu_accelerator == "tensorrt" else "cpu"
-            with steps.step(f"quantizing to INT8 ({method})"):
-                quantize_int8(fp32_file, model_file, method=method, target=target, calibration_feeds=calibration_feeds)
-            eval_file = None if o.no_eval else (o.eval_file or (DEFAULT_EVAL_FILE if DEFAULT_EVAL_FILE.is_file() else None))
-            if eval_file is None and not o.no_eval:
-                steps.say(f"no evaluation file ({DEFAULT_EVAL_FILE} is absent): F1 not measured; pass --eval-file")
-            with steps.step("comparing INT8 with FP32 (size, speed" + (", SQuAD F1)" if eval_file else ")")):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # compare_int8 reports the F1 warning itself
-                    int8_report = compare_int8(fp32_file, model_file, tokenizer_file, method=method,
-                                               eval_file=eval_file, windowing=_windowing(seq_len),
-                                               max_eval_questions=o.max_eval, log=None)
-            for line in int8_report.summary().splitlines():
-                steps.say(f"  {line}")
-            for message in int8_report.warnings:
-                if console is not None:
-                    console.print(f"[bold red]WARNING:[/bold red] {message}", highlight=False)
-            reports["int8"] = {**asdict(int8_report), "speedup": int8_report.speedup,
-                               "f1_retained": int8_report.f1_retained}
-        elif o.format == "onnx" and (o.eval_file is not None):
-            from bertqa.export.evaluation import evaluate_session, read_examples
-
-            with steps.step(f"evaluating on {o.eval_file}"):
-                examples = read_examples(o.eval_file, require_answers=True)[: o.max_eval or None]
-                result = evaluate_session(ort_session(model_file), tokenizer_file, examples, windowing=_windowing(seq_len))
-            steps.say(f"  SQuAD EM {result.exact_match:.2f} F1 {result.f1:.2f} on {len(examples)} questions")
-            reports["eval"] = {"file": str(o.eval_file), "exact_match": result.exact_match, "f1": result.f1}
-
-        if o.format == "openvino":
-            with steps.step(f"converting to OpenVINO IR ({precision}) and validating it"):
-                ov_report, config_text = _export_openvino(o, model, fp32_file, staged.version_dir, tokenizer_file,
-                                                          seq_len, variant.model_name, precision, log)
-            for line in ov_report.summary().splitlines():
-                steps.say(f"  {line}")
-            reports["openvino"] = {**asdict(ov_report), "f1_retained": ov_report.f1_retained}
-        elif o.format == "tensorrt":
-            source = fp32_file
-            if precision == "int8":
-                from bertqa.export.quantize import quantize_int8
-
-                source = scratch / "qdq.onnx"
-                with steps.step("calibrating Q/DQ INT8 ONNX for TensorRT"):
-                    quantize_int8(fp32_file, source, method="static", target="tensorrt",
-                                  calibration_feeds=calibration_feeds)
-            workspace = int((o.workspace_gib or 4) * (1 << 30))
-            with steps.step(f"building the TensorRT engine ({precision})"):
-                trt_report, engine = trt_mod.build_engine(source, model_file, profiles, precision=precision,
-                                                          sparsity=o.sparsity, workspace_bytes=workspace, log=log)
-            with steps.step("validating the engine against PyTorch"):
-                _validate_engine(engine, model, tokenizer_file, profiles, precision, trt_report, seq_len)
-            steps.say(f"  engine vs PyTorch: max |diff| start {trt_report.max_abs_diff_start:.3g}, "
-                      f"end {trt_report.max_abs_diff_end:.3g}")
-            inputs, outputs = trt_mod.engine_io(engine)
-            onnx_inputs, onnx_outputs = repo.onnx_io(fp32_file)
-            if sorted((t.name, t.data_type) for t in inputs + outputs) != sorted(
-                    (t.name, t.data_type) for t in onnx_inputs + onnx_outputs):
-                raise repo.RepositoryError(
-                    f"the engine's tensors {[(t.name, t.data_type) for t in inputs + outputs]} differ from the ONNX "
-                    f"model's {[(t.name, t.data_type) for t in onnx_inputs + onnx_outputs]}; qa_preprocess sends INT64 "
-                    f"(TensorRT >= 10 keeps INT64 inputs)"
-                )
-            config_text = repo.tensorrt_model_config(variant.model_name, inputs, outputs, profiles,
-                                                     max_batch_size=o.max_batch)
-            reports["tensorrt"] = asdict(trt_report)
-        elif o.format != "openvino":
-            inputs, outputs = repo.onnx_io(model_file)
-            _check_io(inputs, outputs, model_file)
-            trt_precision = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}[precision]
-            config_kwargs = {}
-            if o.gpu_accelerator == "tensorrt" and o.workspace_gib:
-                config_kwargs["trt_workspace_bytes"] = int(o.workspace_gib * (1 << 30))
-            config_text = repo.onnx_model_config(
-                variant.model_name, inputs, outputs, max_batch_size=o.max_batch,
-                gpu_accelerator=o.gpu_accelerator, trt_precision=trt_precision, trt_profiles=profiles, **config_kwargs,
-            )
-            # The staged file loads and runs exactly as the server will load it.
-            ort_session(model_file)
-
-        for report in reports.values():  # staging paths mean nothing after the swap
-            if isinstance(report, dict) and "path" in report:
-                final = Path(report["path"])
-                report["path"] = (f"{variant.model_name}/{staged.version}/{final.name}"
-                                  if final == model_file else "(intermediate, not kept)")
-        staged.write_config(config_text)
-        tokenizer_sha = repo.sha256_file(tokenizer_file)
-        repo.write_metadata(staged.version_dir, {
-            "checkpoint": str(Path(o.checkpoint).resolve()), "checkpoint_format": checkpoint.format,
-            "format": o.format, "precision": precision, "tokenizer_sha256": tokenizer_sha,
-            "max_batch": o.max_batch, "seq_len": seq_len, "notes": notes, "reports": reports,
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-        for path in scratch.iterdir():
-            path.unlink()
+    with repo.StagedExport(options.repository) as staged:
+        job = Job(options, variant, checkpoint, windowing, staged.root / repo.TOKENIZER_FILE,
+                  staged.version_dir(variant.model_name) / variant.model_file, staged.root / "scratch", steps,
+                  notes=list(checkpoint.notes))
+        job.scratch.mkdir()
+        checkpoint.save_tokenizer(job.tokenizer_file)
+        job.profiles = _trt_profiles(job)
+        config_text = BUILDERS[options.format](job)
+        _relabel_report_paths(job, staged.version)
+        repo.write_model_folder(staged.folder(variant.model_name), config_text)
+        repo.write_metadata(job.model_file.parent, _metadata(job))
+        repo.stage_pipeline(staged, variant, windowing, job.tokenizer_file)
         # ---- swap in: nothing in the repository has changed before this point ----
-        model_dir = staged.commit()
-        changed = repo.install_tokenizer(repository, tokenizer_file)
-    stale = repo.other_models_with_other_tokenizer(repository, tokenizer_sha, exclude=variant.model_name)
-    if changed and stale:
-        message = (f"qa_preprocess/1/tokenizer.json now holds this checkpoint's vocabulary, but {', '.join(stale)} "
-                   f"were exported from another one: re-export them or their answers will be wrong")
-        notes.append(message)
-        if console is not None:
-            console.print(f"[bold red]WARNING:[/bold red] {message}", highlight=False)
-    ensemble = repo.install_ensemble(repository, variant)
-    result = ExportResult(model_dir, model_dir / "config.pbtxt", model_dir / "1" / variant.model_file,
-                          ensemble, changed, reports, notes)
-    steps.say(f"installed {variant.model_name} in {repository}"
-              + (f" (ensemble {variant.ensemble_name})" if variant.ensemble_name else ""))
-    return result
+        installed = staged.commit()
+    steps.say(f"installed {variant.ensemble_name} ({variant.preprocess_name} -> {variant.model_name}) "
+              f"in {options.repository}")
+    model_dir = installed[variant.model_name]
+    return ExportResult(model_dir, model_dir / "config.pbtxt", model_dir / "1" / variant.model_file,
+                        installed[variant.preprocess_name], installed[variant.ensemble_name] / "config.pbtxt",
+                        windowing, job.reports, job.notes)
 
 
-def _windowing(seq_len: int):
-    from bertqa.export.evaluation import serving_windowing
+def variant_windowing(o: ExportOptions, variant: repo.Variant, max_positions: int) -> WindowingConfig:
+    """The variant's windowing: its current parameters when it has them, else the defaults fitted
+    to ``--seq-len`` (or the model's positions); ``--max-windows`` overrides the limit."""
+    current = _current_windowing(Path(o.repository), variant.preprocess_name)
+    overrides = {"max_windows": o.max_windows} if o.max_windows is not None else {}
+    if o.seq_len is None and current is not None and current.max_seq_len <= max_positions:
+        return replace(current, **overrides)
+    seq_len = o.seq_len or min(WindowingConfig.max_seq_len, max_positions)
+    if seq_len > max_positions:
+        raise ExportOptionsError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {max_positions}")
+    try:
+        return WindowingConfig.for_max_seq_len(seq_len, **overrides)
+    except ValueError as err:
+        raise ExportOptionsError(str(err)) from None
 
-    return serving_windowing(seq_len)
+
+def _current_windowing(repository: Path, preprocess_name: str) -> WindowingConfig | None:
+    from google.protobuf import json_format
+
+    from bertqa.triton.params import PreprocessParameters, parse_parameters
+
+    path = repository / preprocess_name / "config.pbtxt"
+    if not path.is_file():
+        return None
+    config = repo.parse_config(path.read_text(encoding="utf-8"), str(path))
+    as_dict = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    try:
+        return parse_parameters(as_dict, PreprocessParameters).windowing()
+    except ValueError as err:
+        raise repo.RepositoryError(f"{path}: {err}") from None
 
 
-def _export_openvino(o: ExportOptions, model, fp32_onnx: Path, version_dir: Path, tokenizer_file: Path, seq_len: int,
-                     model_name: str, precision: str, log):
-    """OpenVINO IR of the validated FP32 ONNX into ``version_dir``; (report, config text)."""
+def _trt_profiles(job: Job) -> list:
+    o = job.options
+    if not o.uses_trt_shapes:
+        return []
+    from bertqa.export import tensorrt as trt_mod
+
+    seq_len = job.windowing.max_seq_len
+    buckets = o.seq_buckets or job.windowing.seq_len_buckets
+    if buckets[-1] < seq_len:
+        raise ExportOptionsError(
+            f"--seq-buckets {','.join(map(str, buckets))} end below the window length {seq_len}: "
+            f"TensorRT would reject the longest windows"
+        )
+    return trt_mod.profile_shapes(o.max_batch, buckets, opt_batch=o.opt_batch,
+                                  max_position_embeddings=int(job.model.config.max_position_embeddings))
+
+
+def _relabel_report_paths(job: Job, version: int) -> None:
+    """Staging paths mean nothing after the swap."""
+    for report in job.reports.values():
+        if isinstance(report, dict) and "path" in report:
+            final = Path(report["path"])
+            report["path"] = (f"{job.variant.model_name}/{version}/{final.name}"
+                              if final == job.model_file else "(intermediate, not kept)")
+
+
+def _metadata(job: Job) -> dict:
+    o = job.options
+    return {
+        "checkpoint": str(Path(o.checkpoint).resolve()), "checkpoint_format": job.checkpoint.format,
+        "format": o.format, "precision": o.resolved_precision(), "max_batch": o.max_batch,
+        "windowing": asdict(job.windowing), "preprocess_model": job.variant.preprocess_name,
+        "notes": job.notes, "reports": job.reports, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Format builders: write job.model_file, return its config.pbtxt text
+
+
+def _export_fp32(job: Job, target: Path, **kwargs) -> Path:
+    o = job.options
+    with job.steps.step("exporting ONNX and validating it against PyTorch"):
+        report = export_onnx(job.model, job.tokenizer_file, target, opset=o.opset, atol=o.atol,
+                             windowing=job.windowing, log=job.steps.say, **kwargs)
+    job.reports["onnx" if target == job.model_file else "onnx_fp32"] = asdict(report)
+    return target
+
+
+def _onnx_config(job: Job) -> str:
+    o = job.options
+    inputs, outputs = repo.onnx_io(job.model_file)
+    _check_io(inputs, outputs, job.model_file)
+    extra = {}
+    if o.gpu_accelerator == "tensorrt" and o.workspace_gib:
+        extra["trt_workspace_bytes"] = int(o.workspace_gib * (1 << 30))
+    text = repo.onnx_model_config(
+        job.variant.model_name, inputs, outputs, max_batch_size=o.max_batch, gpu_accelerator=o.gpu_accelerator,
+        trt_precision=o.resolved_precision().upper(), trt_profiles=job.profiles, **extra,
+    )
+    ort_session(job.model_file)  # the staged file loads and runs exactly as the server will load it
+    return text
+
+
+def build_onnx(job: Job) -> str:
+    _export_fp32(job, job.model_file, weight_storage=job.options.weight_storage)
+    if job.options.eval_file is not None:
+        job.reports["eval"] = _evaluate(job, job.model_file, job.options.eval_file)
+    return _onnx_config(job)
+
+
+def build_onnx_int8(job: Job) -> str:
+    from bertqa.export.quantize import compare_int8, quantize_int8
+
+    o = job.options
+    fp32_file = _export_fp32(job, job.scratch / "fp32.onnx")
+    method = "static" if o.calibration else "dynamic"
+    target = "tensorrt" if o.gpu_accelerator == "tensorrt" else "cpu"
+    with job.steps.step(f"quantizing to INT8 ({method})"):
+        quantize_int8(fp32_file, job.model_file, method=method, target=target, calibration_feeds=_calibration(job))
+    eval_file = None if o.no_eval else (o.eval_file or default_eval_file())
+    if eval_file is None and not o.no_eval:
+        job.steps.say("no evaluation file (the SQuAD dev slice is missing): F1 not measured; pass --eval-file")
+    with job.steps.step("comparing INT8 with FP32 (size, speed" + (", SQuAD F1)" if eval_file else ")")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # compare_int8 reports the F1 warning itself
+            report = compare_int8(fp32_file, job.model_file, job.tokenizer_file, method=method, eval_file=eval_file,
+                                  windowing=job.windowing, max_eval_questions=o.max_eval, log=None)
+    for line in report.summary().splitlines():
+        job.steps.say(f"  {line}")
+    for message in report.warnings:
+        job.steps.warn(message)
+    job.reports["int8"] = {**asdict(report), "speedup": report.speedup, "f1_retained": report.f1_retained}
+    return _onnx_config(job)
+
+
+def build_tensorrt(job: Job) -> str:
+    from bertqa.export import tensorrt as trt_mod
+
+    o = job.options
+    precision = o.resolved_precision()
+    fp32_file = _export_fp32(job, job.scratch / "fp32.onnx")
+    source = fp32_file
+    if precision == "int8":
+        from bertqa.export.quantize import quantize_int8
+
+        source = job.scratch / "qdq.onnx"
+        with job.steps.step("calibrating Q/DQ INT8 ONNX for TensorRT"):
+            quantize_int8(fp32_file, source, method="static", target="tensorrt", calibration_feeds=_calibration(job))
+    workspace = int((o.workspace_gib or 4) * (1 << 30))
+    with trt_mod.TensorRTSession() as session:
+        with job.steps.step(f"building the TensorRT engine ({precision})"):
+            report, engine = session.build_engine(source, job.model_file, job.profiles, precision=precision,
+                                                  sparsity=o.sparsity, workspace_bytes=workspace, log=job.steps.say)
+        with job.steps.step("validating the engine against PyTorch"):
+            _validate_engine(session, engine, job, report)
+        inputs, outputs = trt_mod.engine_io(engine)
+    job.steps.say(f"  engine vs PyTorch: max |diff| start {report.max_abs_diff_start:.3g}, "
+                  f"end {report.max_abs_diff_end:.3g}")
+    onnx_inputs, onnx_outputs = repo.onnx_io(fp32_file)
+    if sorted((t.name, t.data_type) for t in inputs + outputs) != sorted(
+            (t.name, t.data_type) for t in onnx_inputs + onnx_outputs):
+        raise repo.RepositoryError(
+            f"the engine's tensors {[(t.name, t.data_type) for t in inputs + outputs]} differ from the ONNX "
+            f"model's {[(t.name, t.data_type) for t in onnx_inputs + onnx_outputs]}; qa_preprocess sends INT64 "
+            f"(TensorRT >= 10 keeps INT64 inputs)"
+        )
+    job.reports["tensorrt"] = asdict(report)
+    return repo.tensorrt_model_config(job.variant.model_name, inputs, outputs, job.profiles, max_batch_size=o.max_batch)
+
+
+def build_openvino(job: Job) -> str:
+    """OpenVINO IR of the validated FP32 ONNX (NNCF INT8 calibrated on real SQuAD questions)."""
     from bertqa.export.evaluation import read_examples
-    from bertqa.export.onnx import torch_logits, validation_batches, validation_windowing
+    from bertqa.export.onnx import torch_logits, validation_batches
     from bertqa.export.openvino import export_openvino, openvino_model_config, runtime_parameters
     from bertqa.export.quantize import calibration_batches
     from bertqa.squad import dev_slice_path
 
-    windowing = _windowing(seq_len)
-    batches = validation_batches(tokenizer_file, None, validation_windowing(int(model.config.max_position_embeddings), seq_len))
-    reference = [({n: getattr(b, n) for n in INPUT_NAMES}, torch_logits(model, b)) for b in batches]
+    o = job.options
+    precision = o.resolved_precision()
+    fp32_file = _export_fp32(job, job.scratch / "fp32.onnx")
+    reference = [({n: getattr(b, n) for n in INPUT_NAMES}, torch_logits(job.model, b))
+                 for b in validation_batches(job.tokenizer_file, None, job.windowing)]
     calibration = []
     if precision == "int8":  # real SQuAD questions: --calibration, else the committed dev slice
-        examples = read_examples(o.calibration or dev_slice_path())
-        calibration = calibration_batches(tokenizer_file, examples, windowing, max_windows=128, batch_size=1)
+        calibration = calibration_batches(job.tokenizer_file, read_examples(o.calibration or dev_slice_path()),
+                                          job.windowing, max_windows=128, batch_size=1)
     eval_examples = []
     if not o.no_eval:
         eval_examples = read_examples(o.eval_file or dev_slice_path(), require_answers=True)[: o.max_eval or None]
     parameters = runtime_parameters(precision)
-    report = export_openvino(fp32_onnx, version_dir, precision=precision, reference_batches=reference,
-                             tokenizer_file=tokenizer_file, windowing=windowing, calibration_feeds=calibration,
-                             eval_examples=eval_examples, atol=o.atol, parameters=parameters, log=log)
-    inputs, outputs = repo.onnx_io(fp32_onnx)
-    _check_io(inputs, outputs, fp32_onnx)
-    config_text = openvino_model_config(model_name, inputs, outputs, parameters, max_batch_size=o.max_batch)
-    repo.check_config_text(config_text, model_name)
-    return report, config_text
+    with job.steps.step(f"converting to OpenVINO IR ({precision}) and validating it"):
+        report = export_openvino(fp32_file, job.model_file.parent, precision=precision, reference_batches=reference,
+                                 tokenizer_file=job.tokenizer_file, windowing=job.windowing,
+                                 calibration_feeds=calibration, eval_examples=eval_examples, atol=o.atol,
+                                 parameters=parameters, log=job.steps.say)
+    for line in report.summary().splitlines():
+        job.steps.say(f"  {line}")
+    job.reports["openvino"] = {**asdict(report), "f1_retained": report.f1_retained}
+    inputs, outputs = repo.onnx_io(fp32_file)
+    _check_io(inputs, outputs, fp32_file)
+    return openvino_model_config(job.variant.model_name, inputs, outputs, parameters, max_batch_size=o.max_batch)
+
+
+BUILDERS: dict[str, Callable[[Job], str]] = {
+    "onnx": build_onnx,
+    "onnx-int8": build_onnx_int8,
+    "tensorrt": build_tensorrt,
+    "openvino": build_openvino,
+}
+
+
+def _calibration(job: Job):
+    if job.options.calibration is None:
+        return None
+    from bertqa.export.evaluation import read_examples
+    from bertqa.export.quantize import calibration_batches
+
+    return calibration_batches(job.tokenizer_file, read_examples(job.options.calibration), job.windowing)
+
+
+def _evaluate(job: Job, model_file: Path, eval_file: Path) -> dict:
+    from bertqa.export.evaluation import evaluate_session, read_examples
+
+    with job.steps.step(f"evaluating on {eval_file}"):
+        examples = read_examples(eval_file, require_answers=True)[: job.options.max_eval or None]
+        result = evaluate_session(ort_session(model_file), job.tokenizer_file, examples, windowing=job.windowing)
+    job.steps.say(f"  SQuAD EM {result.exact_match:.2f} F1 {result.f1:.2f} on {len(examples)} questions")
+    return {"file": str(eval_file), "exact_match": result.exact_match, "f1": result.f1}
 
 
 def _check_io(inputs, outputs, path: Path) -> None:
@@ -424,26 +520,24 @@ def _check_io(inputs, outputs, path: Path) -> None:
         raise repo.RepositoryError(f"{path}: inputs {names_in} / outputs {names_out} are not the BERT QA tensors")
 
 
-def _validate_engine(engine, model, tokenizer_file, profiles, precision, report, seq_len) -> None:
+def _validate_engine(session, engine, job: Job, report) -> None:
     """Runs the validation windows through every profile that covers them; compares with PyTorch."""
     import numpy as np
 
-    from bertqa.export import tensorrt as trt_mod
-    from bertqa.export.onnx import ExportValidationError, torch_logits, validation_batches, validation_windowing
+    from bertqa.export.onnx import ExportValidationError, torch_logits, validation_batches
 
-    batches = validation_batches(tokenizer_file, None, validation_windowing(int(model.config.max_position_embeddings), seq_len))
+    precision = job.options.resolved_precision()
     diff_start = diff_end = 0.0
     agree = total = 0
-    for batch in batches:
+    for batch in validation_batches(job.tokenizer_file, None, job.windowing):
         n, length = batch.input_ids.shape
-        index = next((i for i, p in enumerate(profiles) if p.contains(min(n, p.max[0]), length)), None)
+        index = next((i for i, p in enumerate(job.profiles) if p.contains(min(n, p.max[0]), length)), None)
         if index is None:
             continue
-        cap = profiles[index].max[0]
-        ref_start, ref_end = torch_logits(model, batch)
+        cap = job.profiles[index].max[0]
+        ref_start, ref_end = torch_logits(job.model, batch)
         for lo in range(0, n, cap):
-            feeds = {k: getattr(batch, k)[lo:lo + cap] for k in INPUT_NAMES}
-            out = trt_mod.run_engine(engine, index, feeds)
+            out = session.run_engine(engine, index, {k: getattr(batch, k)[lo:lo + cap] for k in INPUT_NAMES})
             s, e = out["start_logits"], out["end_logits"]
             diff_start = max(diff_start, float(np.abs(s - ref_start[lo:lo + cap]).max()))
             diff_end = max(diff_end, float(np.abs(e - ref_end[lo:lo + cap]).max()))

@@ -26,7 +26,6 @@ from bertqa.export.evaluation import (
     QAExample,
     evaluate_session,
     read_examples,
-    serving_windowing,
     time_session,
 )
 from bertqa.export.onnx import INPUT_NAMES, ort_session, validation_batches
@@ -242,7 +241,7 @@ def compare_int8(
     """Size, speed and (with ``eval_file``) SQuAD EM/F1 of an INT8 model against its FP32 source."""
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     say = log or (lambda message: None)
-    windowing = windowing or serving_windowing()
+    windowing = windowing or WindowingConfig()
     fp32 = ort_session(fp32_path)
     int8 = ort_session(int8_path)
 

@@ -27,8 +27,9 @@ import numpy as np
 
 from bertqa.files import atomic_write_bytes
 
+from bertqa.text import WindowingConfig
+
 PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_BUCKETS = (128, 256, 384)
 
 
 class GPUUnavailableError(RuntimeError):
@@ -49,7 +50,7 @@ class OptimizationProfile:
 
 def profile_shapes(
     max_batch: int,
-    seq_buckets: Sequence[int] = DEFAULT_BUCKETS,
+    seq_buckets: Sequence[int] = WindowingConfig.seq_len_buckets,
     *,
     opt_batch: int | None = None,
     max_position_embeddings: int | None = None,
@@ -78,11 +79,6 @@ def profile_shapes(
         profiles.append(OptimizationProfile((1, previous + 1), (opt_batch, bucket), (max_batch, bucket)))
         previous = bucket
     return profiles
-
-
-def buckets_up_to(seq_len: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
-    """The default buckets below ``seq_len``, then ``seq_len`` itself (e.g. 384 -> 128/256/384)."""
-    return tuple(b for b in buckets if b < seq_len) + (seq_len,)
 
 
 def check_build_arguments(precision: str, sparsity: bool, qdq_model: bool) -> None:
@@ -180,23 +176,176 @@ def engine_io(engine):
     return inputs, outputs
 
 
-def build_engine(
-    onnx_path: str | Path,
-    plan_path: str | Path,
-    profiles: Sequence[OptimizationProfile],
-    *,
-    precision: str = "fp16",
-    sparsity: bool = False,
-    workspace_bytes: int = 4 << 30,
-    log: Callable[[str], None] | None = print,
-):
-    """Builds and writes (atomically) a serialized engine; returns (TensorRTReport, engine)."""
-    say = log or (lambda message: None)
-    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    qdq = _has_qdq(onnx_path)
-    check_build_arguments(precision, sparsity, qdq)
-    trt = require_gpu()
-    logger = trt.Logger(trt.Logger.WARNING)
+class _CudaDriver:
+    """Just enough of the CUDA driver API (ctypes, no CUDA toolkit or CUDA PyTorch needed).
+
+    Retains device 0's primary context (the one TensorRT uses) on construction; ``close()``
+    releases it. Use through ``TensorRTSession``, which pairs the two.
+    """
+
+    def __init__(self):
+        self.lib = ctypes.CDLL("libcuda.so.1")
+        self._check(self.lib.cuInit(0), "cuInit")
+        self.device = ctypes.c_int()
+        self._check(self.lib.cuDeviceGet(ctypes.byref(self.device), 0), "cuDeviceGet")
+        context = ctypes.c_void_p()
+        self._check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), self.device), "cuDevicePrimaryCtxRetain")
+        self.retained = True
+        self._check(self.lib.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+
+    @staticmethod
+    def _check(code: int, what: str) -> None:
+        if code != 0:
+            raise RuntimeError(f"CUDA driver call {what} failed with error {code}")
+
+    def close(self) -> None:
+        if self.retained:
+            self.retained = False
+            self._check(self.lib.cuDevicePrimaryCtxRelease_v2(self.device), "cuDevicePrimaryCtxRelease")
+
+    def alloc(self, nbytes: int) -> int:
+        pointer = ctypes.c_uint64()
+        self._check(self.lib.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
+        return pointer.value
+
+    def free(self, pointer: int) -> None:
+        self.lib.cuMemFree_v2(ctypes.c_uint64(pointer))
+
+    def upload(self, pointer: int, array: np.ndarray) -> None:
+        self._check(self.lib.cuMemcpyHtoD_v2(ctypes.c_uint64(pointer), array.ctypes.data_as(ctypes.c_void_p),
+                                             ctypes.c_size_t(array.nbytes)), "cuMemcpyHtoD")
+
+    def download(self, array: np.ndarray, pointer: int) -> None:
+        self._check(self.lib.cuMemcpyDtoH_v2(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(pointer),
+                                             ctypes.c_size_t(array.nbytes)), "cuMemcpyDtoH")
+
+    def synchronize(self) -> None:
+        self._check(self.lib.cuCtxSynchronize(), "cuCtxSynchronize")
+
+
+_NUMPY_OF_TRT = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
+                 "INT8": np.int8, "UINT8": np.uint8}
+
+
+def _numpy_dtype(engine, name: str):
+    return _NUMPY_OF_TRT[str(engine.get_tensor_dtype(name)).split(".")[-1]]
+
+
+class TensorRTSession:
+    """Building and running engines with every GPU resource released on exit.
+
+    ``with TensorRTSession() as session:`` retains the CUDA primary context once (released at
+    exit), keeps the TensorRT runtime alive as long as the engines it deserialized, creates one
+    execution context per engine (reused by every ``run_engine``; released at exit, before the
+    engines and the runtime) and frees each run's device buffers when the run ends, also on error.
+    ``trt`` and ``driver`` can be given (tests pass fakes where there is no GPU).
+    """
+
+    def __init__(self, trt=None, driver: Callable[[], "_CudaDriver"] | None = None):
+        self._trt = trt
+        self._driver_factory = driver or _CudaDriver
+        self.cuda = None
+        self.runtime = None
+        self.engines: list = []
+        self.contexts: dict[int, object] = {}
+
+    def __enter__(self) -> "TensorRTSession":
+        self.trt = self._trt or require_gpu()
+        self.cuda = self._driver_factory()
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # Order matters: contexts before engines before the runtime, the CUDA context last.
+        self.contexts.clear()
+        self.engines.clear()
+        self.runtime = None
+        if self.cuda is not None:
+            cuda, self.cuda = self.cuda, None
+            cuda.close()
+
+    def deserialize(self, data: bytes):
+        if self.runtime is None:
+            self.runtime = self.trt.Runtime(self.logger)
+        engine = self.runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise RuntimeError("TensorRT could not deserialize the engine it built")
+        self.engines.append(engine)
+        return engine
+
+    def execution_context(self, engine):
+        key = id(engine)
+        if key not in self.contexts:
+            self.contexts[key] = engine.create_execution_context()
+        return self.contexts[key]
+
+    def build_engine(
+        self,
+        onnx_path: str | Path,
+        plan_path: str | Path,
+        profiles: Sequence[OptimizationProfile],
+        *,
+        precision: str = "fp16",
+        sparsity: bool = False,
+        workspace_bytes: int = 4 << 30,
+        log: Callable[[str], None] | None = print,
+    ):
+        """Builds and writes (atomically) a serialized engine; returns (TensorRTReport, engine)."""
+        onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+        check_build_arguments(precision, sparsity, _has_qdq(onnx_path))
+        data = _build_serialized(self.trt, self.logger, onnx_path, profiles, precision, sparsity, workspace_bytes,
+                                 log or (lambda message: None))
+        atomic_write_bytes(plan_path, data)
+        engine = self.deserialize(data)
+        report = TensorRTReport(plan_path, len(data), precision, sparsity, list(profiles), self.trt.__version__,
+                                _gpu_name())
+        return report, engine
+
+    def run_engine(self, engine, profile_index: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One batch through the engine on GPU 0 (default stream); FP32/INT outputs on the host."""
+        context = self.execution_context(engine)
+        context.set_optimization_profile_async(profile_index, 0)
+        pointers: list[int] = []
+        outputs: dict[str, tuple[np.ndarray, int]] = {}
+        try:
+            for name, array in feeds.items():
+                host = np.ascontiguousarray(array, dtype=_numpy_dtype(engine, name))
+                pointers.append(self.cuda.alloc(host.nbytes))
+                self.cuda.upload(pointers[-1], host)
+                context.set_input_shape(name, tuple(host.shape))
+                context.set_tensor_address(name, pointers[-1])
+            for i in range(engine.num_io_tensors):
+                name = engine.get_tensor_name(i)
+                if engine.get_tensor_mode(name) != self.trt.TensorIOMode.OUTPUT:
+                    continue
+                host = np.empty(tuple(context.get_tensor_shape(name)), dtype=_numpy_dtype(engine, name))
+                pointers.append(self.cuda.alloc(host.nbytes))
+                context.set_tensor_address(name, pointers[-1])
+                outputs[name] = (host, pointers[-1])
+            if not context.execute_async_v3(0):
+                raise RuntimeError("TensorRT execution failed")
+            self.cuda.synchronize()
+            for host, pointer in outputs.values():
+                self.cuda.download(host, pointer)
+        finally:
+            for pointer in pointers:
+                self.cuda.free(pointer)
+        return {name: host.astype(np.float32) if host.dtype == np.float16 else host
+                for name, (host, _) in outputs.items()}
+
+
+def build_engine(onnx_path: str | Path, plan_path: str | Path, profiles: Sequence[OptimizationProfile], **kwargs):
+    """Builds and writes an engine in a session of its own; returns its TensorRTReport."""
+    with TensorRTSession() as session:
+        report, _engine = session.build_engine(onnx_path, plan_path, profiles, **kwargs)
+    return report
+
+
+def _build_serialized(trt, logger, onnx_path: Path, profiles, precision: str, sparsity: bool, workspace_bytes: int,
+                      say: Callable[[str], None]) -> bytes:
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt, "NetworkDefinitionCreationFlag") and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") \
@@ -226,92 +375,7 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
-    data = bytes(serialized)
-    atomic_write_bytes(plan_path, data)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(data)
-    gpu = _gpu_name()
-    report = TensorRTReport(plan_path, len(data), precision, sparsity, list(profiles), trt.__version__, gpu)
-    return report, engine
-
-
-class _CudaDriver:
-    """Just enough of the CUDA driver API (ctypes, no CUDA toolkit or CUDA PyTorch needed)."""
-
-    def __init__(self):
-        self.lib = ctypes.CDLL("libcuda.so.1")
-        self._check(self.lib.cuInit(0), "cuInit")
-        device = ctypes.c_int()
-        self._check(self.lib.cuDeviceGet(ctypes.byref(device), 0), "cuDeviceGet")
-        context = ctypes.c_void_p()
-        self._check(self.lib.cuDevicePrimaryCtxRetain(ctypes.byref(context), device), "cuDevicePrimaryCtxRetain")
-        self._check(self.lib.cuCtxSetCurrent(context), "cuCtxSetCurrent")  # the context TensorRT uses too
-
-    @staticmethod
-    def _check(code: int, what: str) -> None:
-        if code != 0:
-            raise RuntimeError(f"CUDA driver call {what} failed with error {code}")
-
-    def alloc(self, nbytes: int) -> int:
-        pointer = ctypes.c_uint64()
-        self._check(self.lib.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(max(nbytes, 1))), "cuMemAlloc")
-        return pointer.value
-
-    def free(self, pointer: int) -> None:
-        self.lib.cuMemFree_v2(ctypes.c_uint64(pointer))
-
-    def upload(self, pointer: int, array: np.ndarray) -> None:
-        self._check(self.lib.cuMemcpyHtoD_v2(ctypes.c_uint64(pointer), array.ctypes.data_as(ctypes.c_void_p),
-                                             ctypes.c_size_t(array.nbytes)), "cuMemcpyHtoD")
-
-    def download(self, array: np.ndarray, pointer: int) -> None:
-        self._check(self.lib.cuMemcpyDtoH_v2(array.ctypes.data_as(ctypes.c_void_p), ctypes.c_uint64(pointer),
-                                             ctypes.c_size_t(array.nbytes)), "cuMemcpyDtoH")
-
-    def synchronize(self) -> None:
-        self._check(self.lib.cuCtxSynchronize(), "cuCtxSynchronize")
-
-
-_NUMPY_OF_TRT = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
-                 "INT8": np.int8, "UINT8": np.uint8}
-
-
-def run_engine(engine, profile_index: int, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Runs one batch through the engine on GPU 0 (default stream); returns FP32/INT outputs on the host."""
-    trt = import_tensorrt()
-    cuda = _CudaDriver()
-    context = engine.create_execution_context()
-    context.set_optimization_profile_async(profile_index, 0)
-    pointers: list[int] = []
-    outputs: dict[str, tuple[np.ndarray, int]] = {}
-    try:
-        for name, array in feeds.items():
-            dtype = _NUMPY_OF_TRT[str(engine.get_tensor_dtype(name)).split(".")[-1]]
-            host = np.ascontiguousarray(array, dtype=dtype)
-            pointer = cuda.alloc(host.nbytes)
-            pointers.append(pointer)
-            cuda.upload(pointer, host)
-            context.set_input_shape(name, tuple(host.shape))
-            context.set_tensor_address(name, pointer)
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            if engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
-                continue
-            dtype = _NUMPY_OF_TRT[str(engine.get_tensor_dtype(name)).split(".")[-1]]
-            host = np.empty(tuple(context.get_tensor_shape(name)), dtype=dtype)
-            pointer = cuda.alloc(host.nbytes)
-            pointers.append(pointer)
-            context.set_tensor_address(name, pointer)
-            outputs[name] = (host, pointer)
-        if not context.execute_async_v3(0):
-            raise RuntimeError("TensorRT execution failed")
-        cuda.synchronize()
-        for host, pointer in outputs.values():
-            cuda.download(host, pointer)
-    finally:
-        for pointer in pointers:
-            cuda.free(pointer)
-    return {name: host.astype(np.float32) if host.dtype == np.float16 else host for name, (host, _) in outputs.items()}
+    return bytes(serialized)
 
 
 def _has_qdq(onnx_path: Path) -> bool:

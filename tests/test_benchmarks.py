@@ -43,9 +43,11 @@ def test_config_edits():
     assert "dynamic_batching" not in without_dynamic_batching(text)
     assert read_parameter(with_parameter(text, "seq_len_buckets", "384"), "seq_len_buckets") == "384"
     bert = Path("model_repository/bert_onnx/config.pbtxt").read_text()
-    assert "instance_group" not in with_instance_count(bert, None)
-    assert with_instance_count(bert, 1).count("instance_group [ { count: 1 } ]") == 1
-    assert "KIND" not in with_instance_count(bert, 1)
+    from bertqa.export.repository import parse_config
+
+    assert not parse_config(with_instance_count(bert, None), "x").instance_group
+    (group,) = parse_config(with_instance_count(bert, 1), "x").instance_group
+    assert group.count == 1 and "KIND" not in with_instance_count(bert, 1)
 
 
 def _m(system, shape, pairs, workload="fixed-384", concurrency=None, latency=None, rate=None, server=()):
@@ -137,7 +139,9 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert all(m["extra"].get("errors", 0) == 0 for m in results["measurements"])
     checks = results["checks"]["tiny"]
     assert checks["served_bucket_answers"]["identical"] == checks["served_bucket_answers"]["pairs"] == 8
-    assert "instance_group [ { count: 1 } ]" in results["shapes"]["tiny"]["bert_config"]
+    from bertqa.export.repository import parse_config
+
+    assert [g.count for g in parse_config(results["shapes"]["tiny"]["bert_config"], "x").instance_group] == [1]
     written = report.write_report(results, tmp_path / "BENCHMARKS.md")
     assert "tiny" in written[0].read_text()
     assert math.isfinite(results["gemm"]["peak_gflops"])

@@ -55,7 +55,11 @@ def test_plan_loading_skips_missing_files_and_dependent_ensembles(tmp_path):
     assert set(loadable) == {"qa_postprocess"}
     assert skipped["bert_onnx"] == "missing bert_onnx/1/model.onnx"
     assert skipped["qa_preprocess"] == "missing qa_preprocess/1/tokenizer.json"
-    assert "bert_onnx (skipped)" in skipped["bert_qa"]
+    assert "qa_preprocess (skipped)" in skipped["bert_qa"]
+    # The pre-processing runs its BERT model by BLS: without that model it cannot serve either.
+    (repository / "qa_preprocess" / "1" / "tokenizer.json").write_text("{}")
+    loadable, skipped = plan_loading(repository)
+    assert skipped["qa_preprocess"] == "needs bert_onnx (skipped)" and "bert_qa" in skipped
 
 
 def test_server_refuses_to_start_without_exported_model(tmp_path):

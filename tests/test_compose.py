@@ -383,14 +383,17 @@ def _run(script: Path, tmp_path: Path, env: dict[str, str], args: tuple = ()) ->
 
 
 def make_repository(root: Path, with_trt_engine: bool = True) -> Path:
-    """The committed repository plus TensorRT and int8 variants, model files faked."""
+    """The committed repository plus TensorRT and int8 variants (as `bertqa export` lays them out), model files faked."""
+    from bertqa.export import repository as export_repo
+    from bertqa.text import WindowingConfig
+
     repository = root / "model_repository"
     shutil.copytree(ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("*.onnx", "*.plan", "tokenizer.json", "__pycache__"))
     (repository / "bert_onnx" / "1" / "model.onnx").write_bytes(b"onnx")
     (repository / "qa_preprocess" / "1" / "tokenizer.json").write_text("{}")
-    bert_qa = (repository / "bert_qa" / "config.pbtxt").read_text()
-    for variant, platform, filename in (("trt", "tensorrt_plan", "model.plan"), ("int8", "onnxruntime_onnx", None)):
-        model = "bert_trt" if variant == "trt" else "bert_onnx_int8"
+    for fmt, platform, filename in (("tensorrt", "tensorrt_plan", "model.plan"), ("onnx-int8", "onnxruntime_onnx", None)):
+        variant = export_repo.VARIANTS[fmt]
+        model = variant.model_name
         (repository / model / "1").mkdir(parents=True)
         (repository / model / "config.pbtxt").write_text(
             f'name: "{model}"\nplatform: "{platform}"\nmax_batch_size: 64\n'
@@ -399,11 +402,11 @@ def make_repository(root: Path, with_trt_engine: bool = True) -> Path:
         )
         if filename and with_trt_engine:
             (repository / model / "1" / filename).write_bytes(b"engine")
-        ensemble = f"bert_qa_{variant}"
-        (repository / ensemble / "1").mkdir(parents=True)
-        (repository / ensemble / "config.pbtxt").write_text(
-            bert_qa.replace('name: "bert_qa"', f'name: "{ensemble}"').replace('model_name: "bert_onnx"', f'model_name: "{model}"')
-        )
+        export_repo.write_model_folder(
+            repository / variant.preprocess_name,
+            export_repo.preprocess_config(variant.preprocess_name, WindowingConfig(), model),
+            {"model.py": export_repo.PREPROCESS_SOURCE, "tokenizer.json": "{}"})
+        export_repo.write_model_folder(repository / variant.ensemble_name, export_repo.ensemble_config(variant))
     return repository
 
 
@@ -441,7 +444,7 @@ def test_triton_entrypoint_with_gpu_loads_the_tensorrt_variant(tmp_path, fake_tr
     result = _run(TRITON_ENTRYPOINT, tmp_path, {"TRITON_MODEL_REPOSITORY": str(repository), "BERTQA_GPU": "1"})
     assert result.returncode == 0, result.stderr
     loaded = {a.split("=", 1)[1] for a in _tritonserver_args(tmp_path) if a.startswith("--load-model=")}
-    assert loaded == set(BASE_MODELS) | {"bert_trt", "bert_qa_trt"}
+    assert loaded == set(BASE_MODELS) | {"bert_trt", "qa_preprocess_trt", "bert_qa_trt"}
     assert "--allow-gpu-metrics=false" not in _tritonserver_args(tmp_path)
 
 
@@ -472,7 +475,9 @@ def test_triton_entrypoint_honours_and_validates_a_model_subset(tmp_path, fake_t
     repository = make_repository(tmp_path)
     env = {"TRITON_MODEL_REPOSITORY": str(repository), "BERTQA_GPU": "1", "TRITON_LOAD_MODELS": "bert_qa_trt"}
     assert _run(TRITON_ENTRYPOINT, tmp_path, env).returncode == 0
-    assert [a for a in _tritonserver_args(tmp_path) if a.startswith("--load-model")] == ["--load-model=bert_qa_trt"]
+    # The ensemble, its steps, and the BERT model its pre-processing runs by BLS (Triton would not load that one).
+    assert [a for a in _tritonserver_args(tmp_path) if a.startswith("--load-model")] == [
+        f"--load-model={m}" for m in ("bert_qa_trt", "qa_preprocess_trt", "qa_postprocess", "bert_trt")]
     (tmp_path / "calls.log").unlink()
     result = _run(TRITON_ENTRYPOINT, tmp_path, {**env, "BERTQA_GPU": "0"})
     assert result.returncode != 0 and "bert_qa_trt" in result.stderr
@@ -522,15 +527,16 @@ def _exported_formats(tmp_path: Path) -> list[str]:
 
 
 def test_export_of_a_checkpoint_on_a_cpu_host(tmp_path, export_env):
-    sample = ROOT / "tests" / "data" / "squad_sample.json"
-    env = {**export_env, "CHECKPOINT": "/data/ckpt", "BERTQA_EVAL_FILE": str(sample)}
+    env = {**export_env, "CHECKPOINT": "/data/ckpt"}
     result = _run(tmp_path / "entrypoint.sh", tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert _exported_formats(tmp_path) == ["onnx", "onnx-int8"]
     onnx, int8 = _calls(tmp_path / "calls.log")
     assert onnx[onnx.index("--checkpoint") + 1] == export_env["CHECKPOINT_DIR"] and "--eval-file" not in onnx
-    assert int8[int8.index("--eval-file") + 1] == str(sample)
-    assert not is_dockerignored("tests/data/squad_sample.json", dockerignore_patterns()), "the image needs it"
+    # No test fixture path: the exporter's INT8 evaluation default is the dev slice in the installed package.
+    assert "--eval-file" not in int8
+    assert "BERTQA_EVAL_FILE" not in (ROOT / "docker" / "export.Dockerfile").read_text()
+    assert not is_dockerignored("bertqa/data/squad-v1.1-dev-slice.json", dockerignore_patterns()), "the image needs it"
 
 
 def test_export_of_a_checkpoint_on_a_gpu_host_builds_an_engine(tmp_path, export_env):

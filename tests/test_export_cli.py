@@ -45,7 +45,7 @@ def repository(tmp_path):
     (["--seq-len", "8"], "--seq-len must be within 16..4096"),
     (["--seq-len", "1024"], "--seq-len 1024 exceeds the model's max_position_embeddings 512"),
     (["--model-name", "../evil"], "invalid model name"),
-    (["--model-name", "my_bert"], "bert_qa is the committed template ensemble"),
+    (["--ensemble-name", "qa_postprocess"], "distinct names, none of them qa_postprocess"),
     (["--format", "onnx-int8", "--model-name", "qa_preprocess"], "must not replace the pipeline's other models"),
 ])
 def test_nonsense_combinations_are_rejected(flags, message, ckpt, repository, tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_tensorrt_without_gpu_exits_nonzero_and_says_why(ckpt, repository, capsy
 def test_export_succeeds_through_the_cli(ckpt, repository, capsys):
     assert main(["--checkpoint", str(ckpt), "--repository", str(repository), "--max-batch", "16"]) == 0
     assert 'max_batch_size: 16' in (repository / "bert_onnx" / "config.pbtxt").read_text()
-    assert "installed bert_onnx" in capsys.readouterr().err
+    assert "installed bert_qa (qa_preprocess -> bert_onnx)" in capsys.readouterr().err
 
 
 def test_registered_on_the_bertqa_cli():

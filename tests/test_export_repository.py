@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,10 +12,13 @@ from bertqa.export import repository as repo
 from bertqa.export.onnx import ExportValidationError
 from bertqa.export.pipeline import ExportOptions, export_to_repository
 from bertqa.export.tensorrt import profile_shapes
+from bertqa.squad import dev_slice_path
+from bertqa.repository import PipelineConfigError, check_window_capacity, plan_loading
+from bertqa.text import WindowingConfig
 from export_helpers import COMMITTED_REPOSITORY, copy_repository_configs, tree_snapshot, write_dle_checkpoint, write_hf_checkpoint
 
-BERT_INPUTS = [repo.TensorSpec(n, "TYPE_INT64", (-1,)) for n in ("input_ids", "attention_mask", "token_type_ids")]
-BERT_OUTPUTS = [repo.TensorSpec(n, "TYPE_FP32", (-1,)) for n in ("start_logits", "end_logits")]
+BERT_INPUTS = list(repo.BERT_INPUTS)
+BERT_OUTPUTS = list(repo.BERT_OUTPUTS)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +40,22 @@ def repository(tmp_path):
 # Configs
 
 
-def test_generated_onnx_config_is_the_committed_one_byte_for_byte():
-    text = repo.onnx_model_config("bert_onnx", BERT_INPUTS, BERT_OUTPUTS, max_batch_size=64)
-    assert text == (COMMITTED_REPOSITORY / "bert_onnx" / "config.pbtxt").read_text()
+def test_committed_repository_is_exactly_what_the_generators_write():
+    """Every config.pbtxt and model.py of model_repository/ is generated (protobuf + text_format)."""
+    generated = repo.committed_repository_files()
+    committed = {str(p.relative_to(COMMITTED_REPOSITORY)): p.read_text() for p in COMMITTED_REPOSITORY.rglob("*")
+                 if p.is_file() and p.name in ("config.pbtxt", "model.py")}
+    assert committed == generated
+
+
+def test_windowing_parameters_of_the_committed_preprocess_are_windowing_config_defaults():
+    from google.protobuf import json_format
+
+    from bertqa.triton.params import PreprocessParameters, parse_parameters
+
+    config = repo.parse_config((COMMITTED_REPOSITORY / "qa_preprocess" / "config.pbtxt").read_text(), "qa_preprocess")
+    params = parse_parameters(json_format.MessageToDict(config, preserving_proto_field_name=True), PreprocessParameters)
+    assert params.windowing() == WindowingConfig() and params.bert_model == "bert_onnx"
 
 
 def test_onnx_config_gpu_accelerators_parse():
@@ -71,19 +88,14 @@ def test_tensorrt_config_matches_profiles():
 
 
 @pytest.mark.parametrize("variant", ["onnx-int8", "tensorrt"])
-def test_ensembles_are_the_template_with_the_bert_step_swapped(variant):
+def test_each_variant_has_its_own_preprocessing_and_ensemble(variant):
     v = repo.VARIANTS[variant]
-    template = (COMMITTED_REPOSITORY / "bert_qa" / "config.pbtxt").read_text()
-    text = repo.ensemble_config(template, v.ensemble_name, v.model_name)
-    base = repo.parse_config(template, "bert_qa")
-    ours = repo.parse_config(text, v.ensemble_name)
-    assert ours.name == v.ensemble_name
-    assert [s.model_name for s in ours.ensemble_scheduling.step] == [
-        v.model_name if s.model_name == "bert_onnx" else s.model_name for s in base.ensemble_scheduling.step
-    ]
-    ours.name = base.name
-    ours.ensemble_scheduling.step[1].model_name = "bert_onnx"
-    assert ours == base  # nothing else differs
+    ensemble = repo.parse_config(repo.ensemble_config(v), v.ensemble_name)
+    assert ensemble.name == v.ensemble_name
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [v.preprocess_name, "qa_postprocess"]
+    pre = repo.parse_config(repo.preprocess_config(v.preprocess_name, WindowingConfig(), v.model_name), "x")
+    assert pre.name == v.preprocess_name and pre.parameters["bert_model"].string_value == v.model_name
+    assert len({v.model_name, v.preprocess_name, v.ensemble_name} & {"bert_onnx", "qa_preprocess", "bert_qa"}) == 0
 
 
 def test_onnx_io_reads_the_exported_graph(tmp_path, hf_ckpt):
@@ -99,28 +111,59 @@ def test_onnx_io_reads_the_exported_graph(tmp_path, hf_ckpt):
 # Atomic installation
 
 
-def test_staged_model_swaps_in_and_failure_leaves_old_model(repository):
+def test_staged_export_swaps_in_and_failure_leaves_old_models(repository):
     before = tree_snapshot(repository)
     with pytest.raises(RuntimeError, match="boom"):
-        with repo.StagedModel(repository, "bert_onnx") as staged:
-            (staged.version_dir / "model.onnx").write_bytes(b"half-written")
+        with repo.StagedExport(repository) as staged:
+            (staged.version_dir("bert_onnx") / "model.onnx").write_bytes(b"half-written")
             raise RuntimeError("boom")
     assert tree_snapshot(repository) == before
     assert not list(repository.parent.glob(".bertqa-export-*"))
 
-    with repo.StagedModel(repository, "bert_onnx") as staged:
-        (staged.version_dir / "model.onnx").write_bytes(b"new")
-        staged.write_config("name: \"bert_onnx\"\n")
+    with repo.StagedExport(repository) as staged:
+        (staged.version_dir("bert_onnx") / "model.onnx").write_bytes(b"new")
+        (staged.folder("bert_onnx") / "config.pbtxt").write_text('name: "bert_onnx"\n')
         staged.commit()
     assert (repository / "bert_onnx" / "1" / "model.onnx").read_bytes() == b"new"
     assert not list(repository.parent.glob(".bertqa-export-*"))
 
 
-def test_staged_model_refuses_when_a_newer_version_would_shadow_it(repository):
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_a_failing_swap_puts_back_the_folders_already_swapped(repository, monkeypatch, exchange):
+    """The BERT model, the pre-processing (tokenizer) and the ensemble go in together or not at all."""
+    if not exchange:
+        monkeypatch.setattr(repo, "_renameat2_exchange", lambda a, b: False)
+    before = tree_snapshot(repository)
+    real_swap = repo.StagedExport._swap
+
+    def swap(self, name):
+        if name == "qa_preprocess":
+            raise OSError("disk full while swapping qa_preprocess")
+        return real_swap(self, name)
+
+    monkeypatch.setattr(repo.StagedExport, "_swap", swap)
+    with pytest.raises(OSError, match="disk full"):
+        with repo.StagedExport(repository) as staged:
+            (staged.version_dir("bert_onnx") / "model.onnx").write_bytes(b"new model")
+            (staged.version_dir("qa_preprocess") / "tokenizer.json").write_text("new tokenizer")
+            staged.commit()
+    assert tree_snapshot(repository) == before
+
+
+def test_staged_export_refuses_when_a_newer_version_would_shadow_it(repository):
     (repository / "bert_onnx" / "2").mkdir()
-    with repo.StagedModel(repository, "bert_onnx") as staged:
+    with repo.StagedExport(repository) as staged:
+        staged.version_dir("bert_onnx")
         with pytest.raises(repo.RepositoryError, match=r"bert_onnx/2: a newer version exists"):
             staged.commit()
+
+
+def test_window_capacity_rule_names_both_numbers(repository):
+    assert check_window_capacity(repository, "qa_preprocess", "bert_onnx", 512) == 64
+    with pytest.raises(PipelineConfigError, match=r"max_windows 513 exceeds qa_postprocess's max_batch_size 512"):
+        check_window_capacity(repository, "qa_preprocess", "bert_onnx", 513)
+    with pytest.raises(PipelineConfigError, match="bert_model 'nope' is not in the model repository"):
+        check_window_capacity(repository, "qa_preprocess", "nope", 8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,17 +173,50 @@ def test_staged_model_refuses_when_a_newer_version_would_shadow_it(repository):
 def test_export_hf_onnx_into_repository(repository, hf_ckpt):
     result = export_to_repository(ExportOptions(checkpoint=hf_ckpt, repository=repository))
     assert result.model_file == repository / "bert_onnx" / "1" / "model.onnx"
-    assert (repository / "bert_onnx" / "config.pbtxt").read_bytes() == (COMMITTED_REPOSITORY / "bert_onnx" / "config.pbtxt").read_bytes()
-    assert (repository / "qa_preprocess" / "1" / "tokenizer.json").is_file() and result.tokenizer_changed
-    assert result.ensemble_config is None  # bert_qa is the committed template itself
+    for name in ("bert_onnx", "qa_preprocess", "bert_qa"):  # regenerated exactly as committed
+        assert (repository / name / "config.pbtxt").read_bytes() == (COMMITTED_REPOSITORY / name / "config.pbtxt").read_bytes()
+    assert (repository / "qa_preprocess" / "1" / "tokenizer.json").is_file()
     meta = json.loads((repository / "bert_onnx" / "1" / "export.json").read_text())
     assert meta["checkpoint_format"] == "hf" and meta["reports"]["onnx"]["max_abs_diff_start"] < 1e-3
     assert meta["reports"]["onnx"]["path"] == "bert_onnx/1/model.onnx"
     assert oct((repository / "bert_onnx" / "1" / "model.onnx").stat().st_mode & 0o777) == "0o644"
-    from bertqa.repository import plan_loading
-
     loadable, skipped = plan_loading(repository)
     assert {"bert_onnx", "bert_qa", "qa_preprocess"} <= set(loadable), skipped
+
+
+def test_export_into_a_new_directory_creates_a_complete_repository(tmp_path, hf_ckpt):
+    target = tmp_path / "fresh" / "repo"
+    export_to_repository(ExportOptions(checkpoint=hf_ckpt, format="onnx-int8", repository=target, no_eval=True))
+    loadable, skipped = plan_loading(target)
+    assert sorted(loadable) == ["bert_onnx_int8", "bert_qa_int8", "qa_postprocess", "qa_preprocess_int8"], skipped
+    assert (target / "qa_postprocess" / "config.pbtxt").read_text() == repo.postprocess_config()
+    assert not list(target.parent.glob(".bertqa-export-*"))
+
+
+def test_failed_export_into_a_new_directory_leaves_nothing(tmp_path, monkeypatch, hf_ckpt):
+    monkeypatch.setattr(repo, "onnx_io", lambda path: (_ for _ in ()).throw(RuntimeError("simulated")))
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_to_repository(ExportOptions(checkpoint=hf_ckpt, repository=tmp_path / "new"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_variants_of_different_checkpoints_keep_their_own_tokenizers(repository, hf_ckpt, tmp_path):
+    export_to_repository(ExportOptions(checkpoint=hf_ckpt, repository=repository))
+    fp32_tokenizer = (repository / "qa_preprocess" / "1" / "tokenizer.json").read_bytes()
+    cased, _ = write_hf_checkpoint(tmp_path / "cased", cased=True, seed=9)
+    export_to_repository(ExportOptions(checkpoint=cased, format="onnx-int8", repository=repository, no_eval=True))
+    assert (repository / "qa_preprocess" / "1" / "tokenizer.json").read_bytes() == fp32_tokenizer
+    int8_tokenizer = (repository / "qa_preprocess_int8" / "1" / "tokenizer.json").read_bytes()
+    assert int8_tokenizer != fp32_tokenizer and b'"Paris"' in int8_tokenizer
+
+
+def test_export_keeps_the_variants_windowing_and_takes_max_windows(repository, hf_ckpt):
+    config = repository / "qa_preprocess" / "config.pbtxt"
+    config.write_text(config.read_text().replace('"128,192,256,320,384"', '"256,384"'))
+    result = export_to_repository(ExportOptions(checkpoint=hf_ckpt, repository=repository, max_windows=100))
+    assert result.windowing == WindowingConfig(seq_len_buckets=(256, 384), max_windows=100)
+    with pytest.raises(repo.RepositoryError, match=r"max_windows 600 exceeds qa_postprocess's max_batch_size 512"):
+        export_to_repository(ExportOptions(checkpoint=hf_ckpt, repository=repository, max_windows=600))
 
 
 def test_export_dle_int8_into_repository(repository, dle_ckpt, tmp_path):
@@ -149,13 +225,13 @@ def test_export_dle_int8_into_repository(repository, dle_ckpt, tmp_path):
     config = repo.parse_config((repository / "bert_onnx_int8" / "config.pbtxt").read_text(), "x")
     assert config.name == "bert_onnx_int8" and config.max_batch_size == 32
     ensemble = repo.parse_config((repository / "bert_qa_int8" / "config.pbtxt").read_text(), "x")
-    assert [s.model_name for s in ensemble.ensemble_scheduling.step][1] == "bert_onnx_int8"
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["qa_preprocess_int8", "qa_postprocess"]
     assert (repository / "bert_qa_int8" / "1").is_dir()
     int8 = result.reports["int8"]
     assert int8["size_bytes"] < int8["fp32_size_bytes"] and int8["speedup"] > 0
-    if pipeline.DEFAULT_EVAL_FILE.is_file():
-        assert int8["eval_questions"] == 4 and int8["fp32_f1"] is not None
-    assert any("max_windows is 64 > --max-batch 32" in n for n in result.notes)
+    # The default evaluation file is the committed SQuAD dev slice (package data), not a test fixture.
+    assert pipeline.default_eval_file() == dev_slice_path() and Path(int8["eval_file"]) == dev_slice_path()
+    assert int8["eval_questions"] == 4 and int8["fp32_f1"] is not None
 
 
 def test_failed_export_leaves_the_previous_model_intact(repository, hf_ckpt, dle_ckpt, monkeypatch):
@@ -197,9 +273,3 @@ def test_invalid_checkpoint_changes_nothing(repository, tmp_path):
     assert tree_snapshot(repository) == before
 
 
-def test_tokenizer_change_flags_models_exported_from_another_checkpoint(repository, hf_ckpt, tmp_path):
-    export_to_repository(ExportOptions(checkpoint=hf_ckpt, format="onnx-int8", repository=repository, no_eval=True))
-    cased, _ = write_hf_checkpoint(tmp_path / "cased", cased=True, seed=9)
-    result = export_to_repository(ExportOptions(checkpoint=cased, repository=repository))
-    assert result.tokenizer_changed
-    assert any("bert_onnx_int8 were exported from another one" in n for n in result.notes)

@@ -212,3 +212,15 @@ def test_mismatched_pairs_and_unreadable_context(tokenizer):
 def test_inconsistent_windowing_configs_are_rejected(settings, message):
     with pytest.raises(ValueError, match=message):
         small(**settings)
+
+
+def test_windowing_defined_once_fits_other_window_lengths():
+    from bertqa.text import bucket_lengths
+
+    assert WindowingConfig.for_max_seq_len(384) == WindowingConfig()
+    assert bucket_lengths(256) == (128, 192, 256) and bucket_lengths(200) == (128, 192, 200)
+    short = WindowingConfig.for_max_seq_len(128)
+    assert (short.max_query_len, short.doc_stride, short.seq_len_buckets) == (32, 46, (128,))
+    assert WindowingConfig.for_max_seq_len(512, max_windows=9).seq_len_buckets[-2:] == (384, 512)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        WindowingConfig(seq_len_buckets=(256, 128, 384))

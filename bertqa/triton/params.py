@@ -62,38 +62,24 @@ def parse_parameters(model_config: dict, spec: type[T], *, ignore: tuple[str, ..
 
 
 @dataclass(frozen=True)
-class PreprocessParameters:
-    """`qa_preprocess` parameters (see its config.pbtxt)."""
+class PreprocessParameters(WindowingConfig):
+    """`qa_preprocess` parameters: the windowing fields (defined once, in ``WindowingConfig``), the
+    variant's own tokenizer file and the BERT model it runs (by BLS, in chunks of that model's
+    ``max_batch_size``)."""
 
     tokenizer_file: str = "tokenizer.json"
-    max_seq_len: int = 384
-    doc_stride: int = 128
-    max_query_len: int = 64
-    seq_len_buckets: tuple[int, ...] = (384,)
-    max_windows: int = 64
+    bert_model: str = "bert_onnx"
     # Request-size caps, checked before tokenizing so one huge text cannot hold the instance for seconds.
     max_context_chars: int = 500_000
     max_question_chars: int = 10_000
 
     def windowing(self) -> WindowingConfig:
-        return WindowingConfig(
-            max_seq_len=self.max_seq_len,
-            doc_stride=self.doc_stride,
-            max_query_len=self.max_query_len,
-            seq_len_buckets=self.seq_len_buckets,
-            max_windows=self.max_windows,
-        )
+        return WindowingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(WindowingConfig)})
 
 
 @dataclass(frozen=True)
-class PostprocessParameters:
-    """`qa_postprocess` parameters (see its config.pbtxt)."""
-
-    n_best: int = 20
-    max_answer_len: int = 30
-    align_to_words: bool = True
+class PostprocessParameters(DecodingConfig):
+    """`qa_postprocess` parameters: the decoding fields, defined once in ``DecodingConfig``."""
 
     def decoding(self) -> DecodingConfig:
-        return DecodingConfig(
-            n_best=self.n_best, max_answer_len=self.max_answer_len, align_to_words=self.align_to_words
-        )
+        return DecodingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DecodingConfig)})

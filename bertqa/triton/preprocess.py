@@ -1,12 +1,20 @@
-"""`qa_preprocess`: question/context pairs -> BERT windows (one request of B pairs -> N windows)."""
+"""`qa_preprocess`: question/context pairs -> BERT windows -> BERT logits (one request of B pairs -> N windows).
+
+BERT runs by BLS in chunks of its max_batch_size (bertqa.triton.bert_runner), so a request may need
+up to ``max_windows`` windows however small BERT's batches are.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from bertqa.text import InvalidInputError, QAWindower, decode_texts, load_tokenizer, window_text_spans
+from bertqa.repository import check_window_capacity
+from bertqa.triton.bert_runner import BertRunner
 from bertqa.triton.common import bytes_tensor, error_response, input_array, version_dir
 from bertqa.triton.params import PreprocessParameters, parse_parameters
 
@@ -31,6 +39,9 @@ class PreprocessModel:
             windowing = params.windowing()
             tokenizer_path = version_dir(args) / params.tokenizer_file
             self.windower = QAWindower(load_tokenizer(tokenizer_path), windowing)
+            chunk = check_window_capacity(Path(args["model_repository"]).parent, config["name"], params.bert_model,
+                                          windowing.max_windows)
+            self.bert = BertRunner(params.bert_model, chunk)
         except (ValueError, FileNotFoundError) as err:
             raise pb_utils.TritonModelException(f"qa_preprocess: {err}") from err
         pb_utils.Logger.log_info(f"qa_preprocess: {tokenizer_path}, {windowing}")
@@ -62,6 +73,7 @@ class PreprocessModel:
                 per_pair = self.windower.encode_pairs(questions, contexts)
             except InvalidInputError:
                 per_pair = None  # some pair is bad: fall back to per-request encoding to blame it
+        windows_of: list = [None] * len(requests)
         for i, first, count in spans:
             try:
                 encoded = (
@@ -69,25 +81,32 @@ class PreprocessModel:
                     if per_pair is not None
                     else self.windower.encode_pairs(questions[first : first + count], contexts[first : first + count])
                 )
-                windows = self.windower.assemble(encoded)
+                windows_of[i] = self.windower.assemble(encoded)
             except InvalidInputError as err:
                 responses[i] = error_response(str(err))
+        # Batch across requests again: BERT runs the windows of all of them, then split per request.
+        logits = self.bert.run(windows_of)
+        for i, first, count in spans:
+            if windows_of[i] is None:
                 continue
-            responses[i] = self._response(windows, contexts[first : first + count])
+            if isinstance(logits[i], pb_utils.TritonError):
+                responses[i] = pb_utils.InferenceResponse(error=logits[i])
+                continue
+            responses[i] = self._response(windows_of[i], logits[i], contexts[first : first + count])
         return responses
 
     @staticmethod
-    def _response(windows, contexts: list[str]) -> "pb_utils.InferenceResponse":
+    def _response(windows, logits, contexts: list[str]) -> "pb_utils.InferenceResponse":
         text_spans = window_text_spans(windows.offsets)
         window_text = [
             contexts[pair][start:end].encode("utf-8")
             for pair, (start, end) in zip(windows.pair_index.tolist(), text_spans.tolist())
         ]
+        start_logits, end_logits = logits
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor("input_ids", windows.input_ids),
-                pb_utils.Tensor("attention_mask", windows.attention_mask),
-                pb_utils.Tensor("token_type_ids", windows.token_type_ids),
+                pb_utils.Tensor("start_logits", start_logits),
+                pb_utils.Tensor("end_logits", end_logits),
                 pb_utils.Tensor("offsets", windows.offsets),
                 pb_utils.Tensor("pair_index", windows.pair_index.reshape(-1, 1)),
                 bytes_tensor("window_text", window_text),

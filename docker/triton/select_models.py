@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bertqa.repository import plan_loading, read_repository
+from bertqa.repository import plan_loading, read_repository, with_dependencies
 
 # Platforms/backends that cannot run without a GPU.
 GPU_ONLY_KINDS = frozenset({"tensorrt_plan", "tensorrt"})
@@ -52,12 +52,12 @@ def choose(repository: Path, gpu: bool, requested: list[str] | None = None) -> t
             if (config.platform or config.backend) in GPU_ONLY_KINDS:
                 skipped[name] = "TensorRT engine needs a GPU and none is visible"
         changed = True
-        while changed:  # an ensemble over a skipped step cannot load either
+        while changed:  # a model that needs a skipped one (ensemble step, BLS target) cannot load either
             changed = False
             for name in loadable:
-                if name in skipped or not entries[name].is_ensemble:
+                if name in skipped:
                     continue
-                bad = [step for step in entries[name].steps if step in skipped]
+                bad = [step for step in entries[name].dependencies if step in skipped]
                 if bad:
                     skipped[name] = "needs " + ", ".join(f"{step} (skipped)" for step in bad)
                     changed = True
@@ -67,8 +67,8 @@ def choose(repository: Path, gpu: bool, requested: list[str] | None = None) -> t
         if unavailable:
             reasons = "; ".join(f"{n}: {skipped.get(n, 'not in repository')}" for n in unavailable)
             raise SystemExit(f"TRITON_LOAD_MODELS names models that cannot load: {reasons}")
-        # Triton loads an ensemble's steps itself in explicit mode.
-        chosen = list(dict.fromkeys(requested))
+        # Triton loads an ensemble's steps itself in explicit mode, not the BERT model run by BLS.
+        chosen = with_dependencies(entries, list(dict.fromkeys(requested)))
     return chosen, skipped
 
 

@@ -1,0 +1,76 @@
+"""Runs a variant's BERT model from its pre-processing model by BLS, in chunks of BERT's max_batch_size.
+
+Long documents need more windows than one BERT batch holds (a 40,000-word context is about 300
+windows of 384 tokens). The pre-processing model therefore does not hand its windows to BERT as one
+ensemble step: it concatenates the windows of every request in its batch that share a length,
+cuts them into chunks of at most BERT's ``max_batch_size``, sends the chunks to BERT concurrently
+(BLS ``async_exec``; BERT's dynamic batcher and instances take it from there), and splits the
+logits back per request. Short requests keep being batched across requests, now explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from bertqa.text import Windows
+
+BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+BERT_OUTPUTS = ("start_logits", "end_logits")
+
+
+class BertRunner:
+    def __init__(self, bert_model: str, chunk: int):
+        self.bert_model = bert_model
+        self.chunk = chunk  # BERT's max_batch_size (bertqa.repository.check_window_capacity)
+
+    def run(self, per_request: Sequence[Windows | None]) -> list:
+        """(start_logits, end_logits) per request, or the BLS error that failed its chunk; None stays None."""
+        results: list = [None] * len(per_request)
+        by_length: dict[int, list[int]] = {}
+        for index, windows in enumerate(per_request):
+            if windows is not None:
+                by_length.setdefault(windows.input_ids.shape[1], []).append(index)
+        jobs = []  # (request indices, feeds of all their windows)
+        for members in by_length.values():
+            feeds = {n: np.concatenate([getattr(per_request[i], n) for i in members]) for n in BERT_INPUTS}
+            jobs.append((members, feeds))
+        outputs = asyncio.run(self._infer_all([feeds for _, feeds in jobs]))
+        for (members, _), output in zip(jobs, outputs):
+            if isinstance(output, pb_utils.TritonError):
+                for i in members:
+                    results[i] = output
+                continue
+            sizes = [per_request[i].num_windows for i in members]
+            bounds = np.cumsum(sizes)[:-1]
+            for i, start, end in zip(members, np.split(output[0], bounds), np.split(output[1], bounds)):
+                results[i] = (start, end)
+        return results
+
+    async def _infer_all(self, feeds_list: list[dict[str, np.ndarray]]) -> list:
+        return await asyncio.gather(*(self._infer(feeds) for feeds in feeds_list))
+
+    async def _infer(self, feeds: dict[str, np.ndarray]):
+        """Logits of all rows of ``feeds``, run as chunks of at most ``self.chunk`` rows; or the first error."""
+        rows = feeds[BERT_INPUTS[0]].shape[0]
+        requests = [
+            pb_utils.InferenceRequest(
+                model_name=self.bert_model,
+                requested_output_names=list(BERT_OUTPUTS),
+                inputs=[pb_utils.Tensor(n, np.ascontiguousarray(a[first:first + self.chunk])) for n, a in feeds.items()],
+            )
+            for first in range(0, rows, self.chunk)
+        ]
+        responses = await asyncio.gather(*(r.async_exec() for r in requests))
+        parts = []
+        for response in responses:
+            if response.has_error():
+                return response.error()
+            parts.append([pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in BERT_OUTPUTS])
+        start, end = (np.concatenate([p[k] for p in parts]) for k in range(2))
+        if start.shape[0] != rows or end.shape[0] != rows:
+            return pb_utils.TritonError(f"{self.bert_model} returned {start.shape[0]} rows of logits for {rows} windows")
+        return start, end
