@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 from google.protobuf import json_format
 
-from bertqa.repository import read_config
+from bertqa.repository import preprocess_of, read_config
 from bertqa.text import (
     Answer,
     DecodingConfig,
@@ -60,7 +60,8 @@ class ReferencePipeline:
     ) -> "ReferencePipeline":
         """Built from the same files and parameters that the served ensemble uses."""
         repository = Path(repository)
-        pre = _parameters(repository / "qa_preprocess" / "config.pbtxt", PreprocessParameters)
+        preprocess = preprocess_of(repository, bert_model)  # the variant's own tokenizer and windowing
+        pre = _parameters(repository / preprocess / "config.pbtxt", PreprocessParameters)
         post = _parameters(repository / "qa_postprocess" / "config.pbtxt", PostprocessParameters)
         bert_config = read_config(repository / bert_model / "config.pbtxt")
         if bert_config.backend == "openvino" and "session" not in kwargs:
@@ -72,7 +73,7 @@ class ReferencePipeline:
                 repository / bert_model / "1" / (bert_config.default_model_filename or "model.xml"), params)
         return cls(
             repository / bert_model / "1" / "model.onnx",
-            repository / "qa_preprocess" / "1" / pre.tokenizer_file,
+            repository / preprocess / "1" / pre.tokenizer_file,
             pre.windowing(),
             post.decoding(),
             **kwargs,

@@ -123,6 +123,16 @@ def with_dependencies(entries: dict[str, ModelEntry], names: list[str]) -> list[
     return list(out)
 
 
+def preprocess_of(repository: Path, bert_model: str) -> str:
+    """The pre-processing model that runs ``bert_model`` by BLS (qa_preprocess first, if several do)."""
+    names = sorted(name for name, entry in read_repository(repository).items()
+                   if "bert_model" in entry.config.parameters
+                   and entry.config.parameters["bert_model"].string_value == bert_model)
+    if not names:
+        raise FileNotFoundError(f"no pre-processing model in {repository} runs {bert_model}")
+    return "qa_preprocess" if "qa_preprocess" in names else names[0]
+
+
 class PipelineConfigError(ValueError):
     """The repository's configs cannot serve a model as configured (raised when it loads)."""
 

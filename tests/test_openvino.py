@@ -90,10 +90,14 @@ def exported(tmp_path_factory):
 
 @pytest.mark.slow
 def test_export_writes_validated_ir_and_ensemble(exported):
+    from bertqa.export.repository import read_parameter
+
     repository, _, reports = exported
     for model, ensemble in (("bert_openvino", "bert_qa_openvino"), ("bert_openvino_int8", "bert_qa_openvino_int8")):
         assert (repository / model / "1" / "model.xml").is_file() and (repository / model / "1" / "model.bin").is_file()
-        assert f'model_name: "{model}"' in (repository / ensemble / "config.pbtxt").read_text()
+        preprocess = ensemble.replace("bert_qa", "qa_preprocess")  # the variant's own pre-processing runs it by BLS
+        assert f'model_name: "{preprocess}"' in (repository / ensemble / "config.pbtxt").read_text()
+        assert read_parameter(repository, preprocess, "bert_model") == model
     assert reports["fp32"]["max_abs_diff_start"] < 1e-3 and reports["fp32"]["argmax_agreement"] == 1.0
     assert reports["int8"]["calibration_windows"] > 0 and reports["int8"]["eval_questions"] == 8
     assert json.loads((repository / "bert_openvino_int8" / "1" / "export.json").read_text())["precision"] == "int8"
