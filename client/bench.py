@@ -467,16 +467,22 @@ class ServerStats:
     def client_url(self) -> str:
         return self.url
 
-    def models(self) -> list[str]:
-        """The tested model and, for an ensemble, its composing models (step order)."""
+    def _config(self, model: str) -> dict:
         try:
             if self.protocol == "grpc":
-                config = self.client.get_model_config(self.model, as_json=True).get("config", {})
-            else:
-                config = self.client.get_model_config(self.model)
+                return self.client.get_model_config(model, as_json=True).get("config", {})
+            return self.client.get_model_config(model)
         except Exception:  # noqa: BLE001
-            return [self.model]
-        return [self.model, *composing_models(config)]
+            return {}
+
+    def models(self) -> list[str]:
+        """The tested model and, for an ensemble, its composing models (step order), each followed by
+        the BERT model it runs by BLS (a pre-processing step's ``bert_model`` parameter)."""
+        names = [self.model]
+        for name in composing_models(self._config(self.model)):
+            bls = (self._config(name).get("parameters") or {}).get("bert_model", {}).get("string_value")
+            names += [n for n in (name, bls) if n and n not in names]
+        return names
 
     def metadata(self) -> dict:
         try:
