@@ -248,9 +248,7 @@ def load_state_strict(model, state: Mapping[str, Any], source: Path, *, vocab_si
             state[key] = expected[key]
     with torch.no_grad():
         model.load_state_dict(state, strict=True)
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{source}: tensors with NaN/Inf values: {', '.join(bad[:5])}")
+    _check_finite(model, source)
     return notes
 
 
@@ -292,36 +290,72 @@ def _new_qa_model(config):
 # Hugging Face folders
 
 
-def _hf_weights(folder: Path) -> tuple[dict[str, Any], Path]:
-    for name in HF_WEIGHT_FILES:
+def _hf_weight_file(folder: Path) -> Path:
+    for name in HF_WEIGHT_FILES + HF_INDEX_FILES:
         if (folder / name).is_file():
-            return _load_weight_file(folder / name), folder / name
-    for name in HF_INDEX_FILES:
-        index_file = folder / name
-        if index_file.is_file():
-            index = _read_json(index_file)
-            weight_map = index.get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{index_file}: no weight_map")
-            state: dict[str, Any] = {}
-            for shard in sorted(set(weight_map.values())):
-                if not (folder / shard).is_file():
-                    raise CheckpointError(f"{folder / shard}: shard listed in {index_file.name} not found")
-                state.update(_load_weight_file(folder / shard))
-            return state, index_file
+            return folder / name
     raise CheckpointError(
         f"{folder}: no weights found (expected one of {', '.join(HF_WEIGHT_FILES + HF_INDEX_FILES)})"
     )
 
 
-def _hf_rename_legacy(state: dict[str, Any]) -> dict[str, Any]:
-    """Old PyTorch-BERT names (LayerNorm.gamma/beta) -> current ones, as from_pretrained does."""
-    out = {}
-    for key, value in state.items():
-        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", key)
-        key = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key)
-        out[key] = value
-    return out
+def _hf_model(folder: Path, config, config_file: Path, vocab_size: int) -> tuple[Any, list[str]]:
+    """``transformers``' own ``from_pretrained`` (weight formats, shards, legacy names), then strict
+    checks of what it reports: every weight of the model filled, every checkpoint tensor used
+    (except the pooler, which extractive QA has none of), every shape as the config says."""
+    import torch
+    from transformers import BertForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    weight_file = _hf_weight_file(folder)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its warnings about unused/missing weights become errors below
+    try:
+        # "eager" attention: the plain matmul/softmax graph exports to every ONNX/TensorRT target.
+        model, info = BertForQuestionAnswering.from_pretrained(
+            folder, config=config, output_loading_info=True, ignore_mismatched_sizes=True, local_files_only=True,
+            torch_dtype=torch.float32, attn_implementation="eager",
+        )
+    except Exception as err:  # safetensors/pickle/shard errors of every kind
+        raise CheckpointError(f"{weight_file}: cannot be loaded ({type(err).__name__}: {err})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for key in info["mismatched_keys"]:
+        found, wanted = _stored_shape(weight_file, key), tuple(model.state_dict()[key].shape)
+        if key == "bert.embeddings.word_embeddings.weight" and found[0] != wanted[0]:
+            raise CheckpointError(f"{weight_file}: word embeddings have {found[0]} rows but {config_file.name} says "
+                                  f"vocab_size {config.vocab_size}")
+        raise CheckpointError(f"{weight_file}: tensor {key} has shape {tuple(found)} but the config needs {tuple(wanted)}")
+    missing = sorted(k for k in info["missing_keys"] if k not in _OPTIONAL_BUFFERS)
+    if any(k.startswith("qa_outputs.") for k in missing):
+        raise CheckpointError(f"{weight_file}: no qa_outputs.* tensors; this is not a BERT question-answering checkpoint")
+    unexpected = sorted(k for k in info["unexpected_keys"] if not _POOLER.match(k))
+    if missing or unexpected:
+        parts = [f"{len(missing)} model tensors missing (e.g. {', '.join(missing[:4])})"] if missing else []
+        parts += [f"{len(unexpected)} checkpoint tensors unused (e.g. {', '.join(unexpected[:4])})"] if unexpected else []
+        raise CheckpointError(f"{weight_file}: does not match a BertForQuestionAnswering of its config: {'; '.join(parts)}")
+    _check_finite(model, weight_file)
+    return model.eval(), []
+
+
+def _stored_shape(weight_file: Path, key: str) -> tuple[int, ...]:
+    """A tensor's shape in the checkpoint (for error messages; from_pretrained reports only the name)."""
+    if weight_file.name in HF_INDEX_FILES:
+        weight_file = weight_file.parent / _read_json(weight_file)["weight_map"][key]
+    if weight_file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(weight_file), framework="pt") as handle:
+            return tuple(handle.get_slice(key).get_shape())
+    return tuple(_load_weight_file(weight_file)[key].shape)
+
+
+def _check_finite(model, source: Path) -> None:
+    import torch
+
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: tensors with NaN/Inf values: {', '.join(bad[:5])}")
 
 
 def load_hf_checkpoint(folder: str | Path, *, lowercase: bool | None = None) -> Checkpoint:
@@ -373,24 +407,13 @@ def load_hf_checkpoint(folder: str | Path, *, lowercase: bool | None = None) -> 
     else:
         raise CheckpointError(f"{folder}: no tokenizer.json or vocab.txt; the vocabulary is needed to tokenize")
 
-    state, weight_file = _hf_weights(folder)
-    state = _hf_rename_legacy(state)
-    embeddings = state.get("bert.embeddings.word_embeddings.weight")
-    if embeddings is None:
-        # A bare BertModel saved without the "bert." prefix has no QA head either.
-        raise CheckpointError(f"{weight_file}: no bert.embeddings.word_embeddings.weight; not a BertForQuestionAnswering checkpoint")
-    if embeddings.shape[0] != config.vocab_size:
-        raise CheckpointError(
-            f"{weight_file}: word embeddings have {embeddings.shape[0]} rows but {config_file.name} says "
-            f"vocab_size {config.vocab_size}"
-        )
     if vocab_size > config.vocab_size:
         raise CheckpointError(
             f"{vocab_source}: {vocab_size} tokens but the model's embeddings hold only {config.vocab_size}; "
             f"vocabulary and weights do not belong together"
         )
-    model = _new_qa_model(config)
-    notes += load_state_strict(model, state, weight_file, vocab_size=vocab_size)
+    model, more = _hf_model(folder, config, config_file, vocab_size)
+    notes += more
     return Checkpoint(model, tokenizer, "hf", folder, lowercase, notes)
 
 
