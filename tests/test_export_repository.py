@@ -48,6 +48,16 @@ def test_committed_repository_is_exactly_what_the_generators_write():
     assert committed == generated
 
 
+def test_every_model_py_is_the_one_generated_shim():
+    """The sys.path shim is written once (python_model_source): the backends' model.py files too."""
+    from bertqa.paths import PROJECT_ROOT
+
+    for name, text in repo.BACKEND_SOURCES.items():
+        assert (PROJECT_ROOT / "bertqa" / "backends" / name / "model.py").read_text() == text
+    shims = sorted((PROJECT_ROOT / "bertqa" / "backends").glob("*/model.py")) + sorted(COMMITTED_REPOSITORY.rglob("model.py"))
+    assert len(shims) == len(repo.BACKEND_SOURCES) + 2
+
+
 def test_windowing_parameters_of_the_committed_preprocess_are_windowing_config_defaults():
     from google.protobuf import json_format
 
