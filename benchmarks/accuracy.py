@@ -194,12 +194,12 @@ def hf_answerer(checkpoint: Path, batch_size: int = 8) -> Answerer:
 
 
 def checkpoint_identity(checkpoint: Path) -> dict:
-    from bertqa.export.repository import sha256_file
+    from bertqa.files import file_digest
 
     weights = next((checkpoint / n for n in ("model.safetensors", "pytorch_model.bin") if (checkpoint / n).is_file()), None)
     if weights is None:
         raise SystemExit(f"error: {checkpoint} has no model.safetensors / pytorch_model.bin")
-    return {"checkpoint": str(checkpoint), "weights": weights.name, "sha256": sha256_file(weights)}
+    return {"checkpoint": str(checkpoint), "weights": weights.name, "sha256": file_digest(weights)}
 
 
 def prepare_repository(checkpoint: Path, target: Path, identity: dict) -> Path:
