@@ -18,7 +18,7 @@ from bertqa.export.checkpoints import load_checkpoint
 from bertqa.export.onnx import DEFAULT_SAMPLE_PAIRS, ort_session
 from bertqa.export.pipeline import ExportOptions, export_to_repository
 from bertqa.export.repository import read_parameter
-from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer
+from bertqa.text import DecodingConfig, QAWindower, WindowingConfig, decode_spans, load_tokenizer, pair_contexts
 from export_helpers import write_dle_checkpoint, write_hf_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -68,8 +68,14 @@ def _windowing(repository, preprocess="qa_preprocess") -> WindowingConfig:
 
 
 def _decoding(repository) -> DecodingConfig:
-    return DecodingConfig(n_best=int(read_parameter(repository, "qa_postprocess", "n_best")),
-                          max_answer_len=int(read_parameter(repository, "qa_postprocess", "max_answer_len")))
+    from google.protobuf import json_format
+
+    from bertqa.export.repository import parse_config
+    from bertqa.triton.params import PostprocessParameters, parse_parameters
+
+    config = parse_config((repository / "qa_postprocess" / "config.pbtxt").read_text(), "qa_postprocess")
+    return parse_parameters(json_format.MessageToDict(config, preserving_proto_field_name=True),
+                            PostprocessParameters).decoding()
 
 
 def _ask(server, model, question, context):
@@ -91,7 +97,8 @@ def _expected(logits_fn, repository, question, context, preprocess="qa_preproces
     tokenizer = load_tokenizer(repository / preprocess / "1" / "tokenizer.json")
     w = QAWindower(tokenizer, _windowing(repository, preprocess)).windows([question], [context])
     start, end = logits_fn(w)
-    span = decode_spans(start, end, w.offsets, w.pair_index, 1, _decoding(repository))[0]
+    span = decode_spans(start, end, w.offsets, w.pair_index, 1, _decoding(repository),
+                        pair_contexts([context], w.pair_index))[0]
     return context[span.start:span.end], span.start, span.end, span.score
 
 
