@@ -28,7 +28,23 @@ def repository(tmp_path_factory) -> Path:
     target = copy_repository_configs(tmp_path_factory.mktemp("repo") / "model_repository")
     install_demo(target)
     add_unexported_tensorrt_variant(target)
+    limit_windows(target, SESSION_MAX_WINDOWS)
     return target
+
+
+# The session server allows fewer windows per request than the committed 512, so the tests that
+# overflow the limit on purpose (bad input, eval's split-on-overflow) stay quick on 2 cores; the
+# committed limit and 40,000-word contexts are tested on their own repository (test_export_serving).
+SESSION_MAX_WINDOWS = 64
+
+
+def limit_windows(repository: Path, max_windows: int) -> None:
+    from bertqa.export.repository import parse_config, render_config
+
+    path = repository / "qa_preprocess" / "config.pbtxt"
+    config = parse_config(path.read_text(), str(path))
+    config.parameters["max_windows"].string_value = str(max_windows)
+    path.write_text(render_config(config))
 
 
 def add_unexported_tensorrt_variant(repository: Path) -> None:

@@ -160,7 +160,7 @@ HTTP_BAD_REQUESTS = [
     ),
     (
         "too many windows",
-        pair_body(["Who?"], ["word " * 200_000]),  # > max_windows (512) windows of 384 tokens
+        pair_body(["Who?"], ["word " * 30000]),  # > the session server's max_windows (conftest)
         "windows",
     ),
 ]
