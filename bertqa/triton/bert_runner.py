@@ -34,29 +34,26 @@ class BertRunner:
         for index, windows in enumerate(per_request):
             if windows is not None:
                 by_length.setdefault(windows.input_ids.shape[1], []).append(index)
-        jobs = []  # (request indices, feeds of all their windows)
+        jobs = []  # (request indices, feeds of all their windows, the BLS requests of its chunks)
         for members in by_length.values():
             feeds = {n: np.concatenate([getattr(per_request[i], n) for i in members]) for n in BERT_INPUTS}
-            jobs.append((members, feeds))
-        outputs = asyncio.run(self._infer_all([feeds for _, feeds in jobs]))
-        for (members, _), output in zip(jobs, outputs):
+            jobs.append((members, feeds, self._chunk_requests(feeds)))
+        responses = self._execute([r for _, _, requests in jobs for r in requests])
+        for members, feeds, requests in jobs:
+            output = self._logits(responses[:len(requests)], feeds[BERT_INPUTS[0]].shape[0])
+            responses = responses[len(requests):]
             if isinstance(output, pb_utils.TritonError):
                 for i in members:
                     results[i] = output
                 continue
-            sizes = [per_request[i].num_windows for i in members]
-            bounds = np.cumsum(sizes)[:-1]
+            bounds = np.cumsum([per_request[i].num_windows for i in members])[:-1]
             for i, start, end in zip(members, np.split(output[0], bounds), np.split(output[1], bounds)):
                 results[i] = (start, end)
         return results
 
-    async def _infer_all(self, feeds_list: list[dict[str, np.ndarray]]) -> list:
-        return await asyncio.gather(*(self._infer(feeds) for feeds in feeds_list))
-
-    async def _infer(self, feeds: dict[str, np.ndarray]):
-        """Logits of all rows of ``feeds``, run as chunks of at most ``self.chunk`` rows; or the first error."""
+    def _chunk_requests(self, feeds: dict[str, np.ndarray]) -> list:
         rows = feeds[BERT_INPUTS[0]].shape[0]
-        requests = [
+        return [
             pb_utils.InferenceRequest(
                 model_name=self.bert_model,
                 requested_output_names=list(BERT_OUTPUTS),
@@ -64,7 +61,21 @@ class BertRunner:
             )
             for first in range(0, rows, self.chunk)
         ]
-        responses = await asyncio.gather(*(r.async_exec() for r in requests))
+
+    @staticmethod
+    def _execute(requests: list) -> list:
+        """One request: a plain blocking BLS call (the common short case); several: all in flight at once,
+        so BERT's dynamic batcher and instances see them together."""
+        if len(requests) <= 1:
+            return [r.exec() for r in requests]
+
+        async def all_at_once():
+            return await asyncio.gather(*(r.async_exec() for r in requests))
+
+        return asyncio.run(all_at_once())
+
+    def _logits(self, responses: list, rows: int):
+        """(start, end) logits of one length group's chunks, or the first error."""
         parts = []
         for response in responses:
             if response.has_error():
