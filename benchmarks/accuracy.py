@@ -248,6 +248,9 @@ SERVED = (  # key, title, ensemble, protocol
 )
 
 
+PARTS = ("http", "in-process", "grpc")  # in this order: what the targets need first
+
+
 def run_served(store: PassStore, repository: Path, examples, work_dir: Path, protocols: Sequence[str]) -> None:
     todo = [s for s in SERVED
             if s[3] in protocols and not ((r := store.load(s[0])) and r.complete and r.total == len(examples))]
@@ -303,8 +306,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="the Markdown report (PNG beside it)")
     parser.add_argument("--fresh", action="store_true", help="discard saved passes and answer everything again")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the saved passes")
-    parser.add_argument("--only", choices=("served", "in-process"), default=None,
-                        help="run only these passes (two processes, one each, share the saved passes)")
+    parser.add_argument("--only", choices=PARTS, action="append", default=None,
+                        help="run only these passes (repeatable); processes running different parts side by side "
+                             "share the saved passes")
     parser.add_argument("--note", default="", help="a paragraph for the report's header (e.g. about the checkpoint)")
     return parser.parse_args(argv)
 
@@ -337,11 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         repository = prepare_repository(args.checkpoint.resolve(), args.work_dir / "model_repository", identity)
         # What the targets need first (a run cut short still judges them), then the second protocol.
-        if args.only in (None, "served"):
+        parts = args.only or PARTS
+        if "http" in parts:
             run_served(store, repository, examples, run_dir, ("http",))
-        if args.only in (None, "in-process"):
+        if "in-process" in parts:
             run_in_process(store, args.checkpoint.resolve(), repository, examples, hf_questions)
-        if args.only in (None, "served"):
+        if "grpc" in parts:
             run_served(store, repository, examples, run_dir, ("grpc",))
     passes = {key: store.load(key) for key in [s[0] for s in SERVED] + ["pytorch", "hf-pipeline"]}
     written = write_report(args.output, passes, examples, data=data, identity=identity,
