@@ -17,12 +17,14 @@ saved passes. Questions/s are measured per pass on whatever else the machine is 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -76,6 +78,17 @@ class PassStore:
     def save(self, record: PassRecord) -> None:
         atomic_write_text(self.path(record.key), json.dumps(record.__dict__, ensure_ascii=False))
 
+    @contextlib.contextmanager
+    def claim(self, key: str) -> Iterator[bool]:
+        """Whether this process may answer pass ``key``: False while another process holds it."""
+        with open(self.directory / f"{key}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
 
 # answer(chunk) -> {decoding name: {question id: answer}}; the decoding "answer" is the system's own.
 Answerer = Callable[[Sequence[QAExample]], dict[str, dict[str, str]]]
@@ -83,7 +96,16 @@ Answerer = Callable[[Sequence[QAExample]], dict[str, dict[str, str]]]
 
 def run_pass(store: PassStore, key: str, title: str, examples: Sequence[QAExample], answer: Answerer,
              block: int = 256, settings: dict | None = None) -> PassRecord:
-    """Answers the examples not answered yet, in blocks, saving after each block."""
+    """Answers the examples not answered yet, in blocks, saving after each block; skips a pass that another
+    process is answering."""
+    with store.claim(key) as mine:
+        if not mine:
+            print(f"{title}: another process is answering it; skipped here", file=sys.stderr)
+            return store.load(key)
+        return _answer_pass(store, key, title, examples, answer, block, settings)
+
+
+def _answer_pass(store, key, title, examples, answer, block, settings) -> PassRecord:
     record = store.load(key) or PassRecord(key, title, len(examples), settings=settings or {})
     record.total = len(examples)
     todo = [e for e in examples if e.id not in record.predictions]

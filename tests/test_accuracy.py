@@ -86,3 +86,14 @@ def test_targets_of_a_run_cut_short_are_judged_on_the_questions_answered():
     partial.predictions = dict(list(partial.predictions.items())[:5])
     rows = targets_table({"fp32-http": _record("fp32-http", 5), "pytorch": partial}, EXAMPLES)[2:]
     assert len(rows) == 1 and "100.00 vs 100.00" in rows[0] and "on the 5 questions both answered" in rows[0]
+
+
+def test_a_pass_being_answered_elsewhere_is_skipped(tmp_path):
+    store = PassStore(tmp_path)
+    with store.claim("sys") as first:
+        assert first
+        with PassStore(tmp_path).claim("sys") as second:  # another process would get the same answer
+            assert not second
+        assert run_pass(store, "other", "t", EXAMPLES[:1], lambda c: {"answer": {"q0": "a"}}).complete
+    with store.claim("sys") as again:
+        assert again
