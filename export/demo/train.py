@@ -174,7 +174,7 @@ def encoder_model(archive: Path, seed: int, scratch: Path):
     torch.manual_seed(seed)
     model = BertForQuestionAnswering(config)
     state = {f"bert.{k}": v.half().float() for k, v in load_safetensors(weights).items()
-             if not k.endswith("position_ids")}
+             if not k.endswith("position_ids") and not k.startswith("pooler.")}  # QA models have no pooler
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not m.startswith(("bert.pooler.", "qa_outputs."))]
     if missing or unexpected:
