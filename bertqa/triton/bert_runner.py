@@ -38,7 +38,11 @@ class BertRunner:
         for members in by_length.values():
             feeds = {n: np.concatenate([getattr(per_request[i], n) for i in members]) for n in BERT_INPUTS}
             jobs.append((members, feeds, self._chunk_requests(feeds)))
-        responses = self._execute([r for _, _, requests in jobs for r in requests])
+        try:
+            responses = self._execute([r for _, _, requests in jobs for r in requests])
+        except Exception as err:  # noqa: BLE001 - a failed BLS call fails these requests, not the model
+            failure = pb_utils.TritonError(f"{self.bert_model} could not be run: {err}")
+            return [failure if windows is not None else None for windows in per_request]
         for members, feeds, requests in jobs:
             output = self._logits(responses[:len(requests)], feeds[BERT_INPUTS[0]].shape[0])
             responses = responses[len(requests):]
