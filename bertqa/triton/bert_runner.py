@@ -62,6 +62,8 @@ class BertRunner:
                 model_name=self.bert_model,
                 requested_output_names=list(BERT_OUTPUTS),
                 inputs=[pb_utils.Tensor(n, np.ascontiguousarray(a[first:first + self.chunk])) for n, a in feeds.items()],
+                # Logits back in host memory even from a GPU model (as_numpy needs CPU tensors).
+                preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
             )
             for first in range(0, rows, self.chunk)
         ]
