@@ -32,7 +32,7 @@ from bertqa.text import WindowingConfig
 
 PRECISIONS = ("fp32", "bf16", "int8")
 MODEL_FILE = "model.xml"  # the native backend's default_model_filename; weights beside it in model.bin
-CALIBRATION_WINDOWS = 300  # NNCF's default subset size
+CALIBRATION_QUESTIONS = 128  # questions (one window each at most) spread over the calibration file
 
 
 class OpenVinoExportError(RuntimeError):

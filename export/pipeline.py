@@ -456,7 +456,7 @@ def build_openvino(job: Job) -> str:
     """OpenVINO IR of the validated FP32 ONNX (NNCF INT8 calibrated on real SQuAD questions)."""
     from bertqa.export.evaluation import read_examples
     from bertqa.export.onnx import torch_logits, validation_batches
-    from bertqa.export.openvino import export_openvino, openvino_model_config, runtime_parameters
+    from bertqa.export.openvino import CALIBRATION_QUESTIONS, export_openvino, openvino_model_config, runtime_parameters
     from bertqa.export.quantize import calibration_batches
     from bertqa.squad import dev_slice_path
 
@@ -467,8 +467,10 @@ def build_openvino(job: Job) -> str:
                  for b in validation_batches(job.tokenizer_file, None, job.windowing)]
     calibration = []
     if precision == "int8":  # real SQuAD questions: --calibration, else the committed dev slice
-        calibration = calibration_batches(job.tokenizer_file, read_examples(o.calibration or dev_slice_path()),
-                                          job.windowing, max_windows=128, batch_size=1)
+        examples = read_examples(o.calibration or dev_slice_path())
+        spread = examples[:: max(1, len(examples) // CALIBRATION_QUESTIONS)]  # many articles, not the first one
+        calibration = calibration_batches(job.tokenizer_file, spread, job.windowing, max_windows=CALIBRATION_QUESTIONS,
+                                          batch_size=1)
     eval_examples = []
     if not o.no_eval:
         eval_examples = read_examples(o.eval_file or dev_slice_path(), require_answers=True)[: o.max_eval or None]
@@ -483,7 +485,8 @@ def build_openvino(job: Job) -> str:
     job.reports["openvino"] = {**asdict(report), "f1_retained": report.f1_retained}
     inputs, outputs = repo.onnx_io(fp32_file)
     _check_io(inputs, outputs, fp32_file)
-    return openvino_model_config(job.variant.model_name, inputs, outputs, parameters, max_batch_size=o.max_batch)
+    return openvino_model_config(job.variant.model_name, inputs, outputs, parameters, max_batch_size=o.max_batch,
+                                 warmup_lengths=tuple(job.windowing.seq_len_buckets))
 
 
 BUILDERS: dict[str, Callable[[Job], str]] = {
