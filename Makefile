@@ -20,6 +20,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m benchmarks.perf_analyzer --install || echo "note: perf_analyzer is not usable (see above)"
 	touch $@ $(VENV)/.serve-installed
 
 # checkov scans deploy/kubernetes in `make test`. A venv of its own: its exact pins (packaging<24,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -133,6 +134,9 @@ def _add_output_options(output) -> None:
     output.add_argument("--csv", type=Path, default=None, help="write one CSV row per load point")
     output.add_argument("--plot", type=Path, default=None, help="write a PNG: latency percentiles vs throughput")
     output.add_argument("--quiet", action="store_true", help="no live progress")
+    output.add_argument("--perf-analyzer-data", type=Path, default=None, metavar="FILE",
+                        help="only write the requests as perf_analyzer's --input-data JSON to FILE and exit "
+                             "(same pairs and batches; no server needed)")
 
 
 def _register_eval(subparsers) -> None:
@@ -222,6 +226,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     summary = summarize(pairs.examples, pairs.source)
     console.print(f"data: {summary.describe()}", highlight=False)
+    if args.perf_analyzer_data is not None:
+        from bertqa.client.data import perf_analyzer_input_data
+        from bertqa.files import atomic_write_text
+
+        data = perf_analyzer_input_data(request_batches(pairs.examples, batch_size))
+        atomic_write_text(args.perf_analyzer_data, json.dumps(data, ensure_ascii=False))
+        console.print(f"wrote {args.perf_analyzer_data} ({len(data['data'])} requests of {batch_size} pair(s)); "
+                      f"run: perf_analyzer -m {config.model} -i {config.protocol} -u {config.url} "
+                      f"--input-data {args.perf_analyzer_data} -b {batch_size}", highlight=False)
+        return 0
     console.print(f"target: {config.model} over {config.protocol} at {config.url}; {len(loads)} load point(s)",
                   highlight=False)
     try:

@@ -208,3 +208,14 @@ def request_batches(examples: Sequence[QAExample], batch_size: int) -> list[tupl
         chosen = [examples[(k * batch_size + j) % n] for j in range(batch_size)]
         batches.append(([e.question for e in chosen], [e.context for e in chosen]))
     return batches
+
+
+def perf_analyzer_input_data(batches: Sequence[tuple[list[str], list[str]]]) -> dict:
+    """perf_analyzer's ``--input-data`` JSON for the same requests ``bertqa bench`` sends (one entry each).
+
+    String inputs are listed per request: ``{"data": [{"question": [...], "context": [...]}, ...]}``;
+    with batches of more than one pair, run perf_analyzer with ``-b`` equal to the batch size.
+    """
+    if not batches:
+        raise ValueError("no question/context pairs to write")
+    return {"data": [{"question": list(questions), "context": list(contexts)} for questions, contexts in batches]}
