@@ -30,6 +30,15 @@ NATIVE_ONLY_PARAMETERS = (
     "TARGET_DEVICE",
 )
 PRECISIONS = ("f32", "bf16")
+# Merged batches run in chunks of at most this many tokens (rows x length). Besides keeping the
+# activations in cache, it bounds the shapes a model ever sees (per bucket length L: 1..512//L rows),
+# and OpenVINO spends ~0.3 s on the first run of each new shape; model_warmup runs them all at load.
+TOKENS_PER_RUN = 512
+
+
+def chunk_rows(length: int) -> int:
+    """Rows per run for windows of ``length`` tokens."""
+    return max(1, TOKENS_PER_RUN // max(1, length))
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
@@ -42,6 +51,15 @@ class OpenVinoParameters:
     INFERENCE_NUM_THREADS: int = 0  # 0: OpenVINO's default (one per core)
     HINT_BF16: bool = False
     INFERENCE_PRECISION_HINT: str = ""  # "" = OpenVINO's default for the CPU
+    # Embedded only: with several streams, a batch that fits one chunk runs on a second, one-stream
+    # compiled model with this many threads instead of on one stream's share (0: off). Load wants streams
+    # (a core taken by pre/post-processing stalls one stream, not every thread of a parallel op);
+    # a single client wants every core on its one window.
+    LATENCY_THREADS: int = 0
+    # Embedded only: OpenVINO pins its threads to cores by default on Linux; beside Triton's Python
+    # pre/post-processing on a small host, a pinned thread waits for its busy core while the other
+    # core idles (measured under load: unpinned never slower, often faster).
+    ENABLE_CPU_PINNING: bool = False
 
     def __post_init__(self) -> None:
         streams = self.NUM_STREAMS.strip().upper()
@@ -54,12 +72,16 @@ class OpenVinoParameters:
         if self.INFERENCE_PRECISION_HINT and self.INFERENCE_PRECISION_HINT.lower() not in PRECISIONS:
             raise ValueError(f"INFERENCE_PRECISION_HINT must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.INFERENCE_PRECISION_HINT!r}")
+        if self.LATENCY_THREADS < 0:
+            raise ValueError(f"LATENCY_THREADS must be >= 0, got {self.LATENCY_THREADS}")
         if self.HINT_BF16 and self.INFERENCE_PRECISION_HINT.lower() == "f32":
             raise ValueError("HINT_BF16 YES contradicts INFERENCE_PRECISION_HINT f32")
 
-    def properties(self) -> dict[str, str]:
-        """OpenVINO CPU properties (string form, as ``compile_model`` accepts them)."""
-        props = {"PERFORMANCE_HINT": self.PERFORMANCE_HINT.upper(), "NUM_STREAMS": self.NUM_STREAMS.strip().upper()}
+    def properties(self) -> dict[str, object]:
+        """OpenVINO CPU properties, as ``compile_model`` accepts them."""
+        props: dict[str, object] = {"PERFORMANCE_HINT": self.PERFORMANCE_HINT.upper(),
+                                    "NUM_STREAMS": self.NUM_STREAMS.strip().upper(),
+                                    "ENABLE_CPU_PINNING": self.ENABLE_CPU_PINNING}
         if self.INFERENCE_NUM_THREADS:
             props["INFERENCE_NUM_THREADS"] = str(self.INFERENCE_NUM_THREADS)
         precision = "bf16" if self.HINT_BF16 else self.INFERENCE_PRECISION_HINT.lower()
@@ -75,14 +97,17 @@ class OpenVinoParameters:
             out["HINT_BF16"] = "YES"
         if self.INFERENCE_PRECISION_HINT:
             out["INFERENCE_PRECISION_HINT"] = self.INFERENCE_PRECISION_HINT
+        if self.LATENCY_THREADS:
+            out["LATENCY_THREADS"] = str(self.LATENCY_THREADS)
+        out["ENABLE_CPU_PINNING"] = "YES" if self.ENABLE_CPU_PINNING else "NO"
         return out
 
 
 class OpenVinoSession:
     """A compiled OpenVINO model with ONNX Runtime's ``run(output_names, feeds)`` calling convention.
 
-    With more than one stream, a batch is split into one chunk per stream and the chunks run
-    concurrently (``AsyncInferQueue``); with one stream it runs as one request.
+    Batches run in chunks of at most TOKENS_PER_RUN tokens; with more than one stream the chunks
+    run concurrently (``AsyncInferQueue``), one per stream at a time.
     """
 
     def __init__(self, model_path: str | Path, parameters: OpenVinoParameters = OpenVinoParameters(),
@@ -92,7 +117,8 @@ class OpenVinoSession:
         self.path = Path(model_path)
         self.parameters = parameters
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(self.path)), device, parameters.properties())
+        model = core.read_model(str(self.path))
+        self.compiled = core.compile_model(model, device, parameters.properties())
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
@@ -101,23 +127,41 @@ class OpenVinoSession:
         self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
         self._request = self.compiled.create_infer_request()
         self._queue = ov.AsyncInferQueue(self.compiled, self.streams) if self.streams > 1 else None
+        self._single = None  # (compiled model, request) for batches that fit one chunk
+        if parameters.LATENCY_THREADS and self.streams > 1:
+            single = core.compile_model(model, device, {
+                **parameters.properties(), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                "INFERENCE_NUM_THREADS": str(parameters.LATENCY_THREADS)})
+            self._single = (single, single.create_infer_request())
 
     def describe(self) -> str:
-        return f"{self.path.name}: {self.streams} stream(s), {self.threads} threads, precision {self.precision}"
+        single = f"; lone chunks: 1 stream of {self.parameters.LATENCY_THREADS} threads" if self._single else ""
+        return f"{self.path.name}: {self.streams} stream(s), {self.threads} threads, precision {self.precision}{single}"
 
     def _outputs(self, request, names: Sequence[str]) -> list[np.ndarray]:
         return [np.array(request.get_tensor(name).data, copy=True) for name in names]
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for a batch, run in chunks of ``chunk_rows(length)`` rows (spread over the streams)."""
         names = list(output_names or self.output_names)
-        rows = next(iter(feeds.values())).shape[0]
-        if self._queue is None or rows < 2:
-            self._request.infer(feeds)
-            return self._outputs(self._request, names)
-        bounds = np.linspace(0, rows, min(self.streams, rows) + 1).astype(int)
-        parts: dict[int, list[np.ndarray]] = {}
-        self._queue.set_callback(lambda request, index: parts.__setitem__(index, self._outputs(request, names)))
-        for index, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            self._queue.start_async({n: a[lo:hi] for n, a in feeds.items()}, index)
+        first = next(iter(feeds.values()))
+        rows, step = first.shape[0], chunk_rows(first.shape[1] if first.ndim > 1 else 1)
+        if rows <= step:
+            return self._run_chunk(names, feeds)
+        if self._queue is None:
+            parts = [self._run_chunk(names, {n: a[lo:lo + step] for n, a in feeds.items()})
+                     for lo in range(0, rows, step)]
+            return [np.concatenate([part[k] for part in parts]) for k in range(len(names))]
+        done: dict[int, list[np.ndarray]] = {}
+        self._queue.set_callback(lambda request, index: done.__setitem__(index, self._outputs(request, names)))
+        starts = list(range(0, rows, step))
+        for index, lo in enumerate(starts):
+            self._queue.start_async({n: a[lo:lo + step] for n, a in feeds.items()}, index)
         self._queue.wait_all()
-        return [np.concatenate([parts[i][k] for i in range(len(bounds) - 1)]) for k in range(len(names))]
+        return [np.concatenate([done[i][k] for i in range(len(starts))]) for k in range(len(names))]
+
+    def _run_chunk(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One chunk, run alone: on the latency model when there is one (all its threads on this chunk)."""
+        request = self._single[1] if self._single is not None else self._request
+        request.infer(feeds)
+        return self._outputs(request, names)

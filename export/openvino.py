@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bertqa.openvino_runtime import OpenVinoParameters, OpenVinoSession
+from bertqa.openvino_runtime import OpenVinoParameters, OpenVinoSession, chunk_rows
 from bertqa.squad import QAExample
 from bertqa.text import WindowingConfig
 
@@ -235,12 +235,14 @@ def _evaluate(report: OpenVinoExportReport, session: OpenVinoSession, fp32_path:
 
 
 def openvino_model_config(name: str, inputs, outputs, parameters: OpenVinoParameters, *,
-                          max_batch_size: int = 64, instance_count: int = 1) -> str:
+                          max_batch_size: int = 64, instance_count: int = 1, warmup_lengths: Sequence[int] = ()) -> str:
     """``backend: "openvino"`` config text, built as a ModelConfig protobuf.
 
     ``inputs``/``outputs``: TensorSpec-like objects (name, data_type, dims). For the native backend:
     ``RESHAPE_IO_LAYERS YES`` keeps the config's variable sequence length, ``ENABLE_BATCH_PADDING YES``
     accepts batches smaller than max_batch_size (it pads them; the embedded backend never pads).
+    ``warmup_lengths`` (qa_preprocess's sequence buckets): ``model_warmup`` runs every shape the
+    embedded backend will run (each length, 1..chunk_rows(length) rows) before the model is ready.
     """
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -251,6 +253,14 @@ def openvino_model_config(name: str, inputs, outputs, parameters: OpenVinoParame
         target.add(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims))
     config.dynamic_batching.SetInParent()
     config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+    for length in warmup_lengths:
+        for rows in range(1, chunk_rows(length) + 1):
+            warmup = config.model_warmup.add(name=f"{rows}x{length}", batch_size=rows)
+            for spec in inputs:
+                data = warmup.inputs[spec.name]
+                data.data_type = mc.DataType.Value(spec.data_type)
+                data.dims.extend([length])
+                data.zero_data = True
     values = {**parameters.as_config(), "RESHAPE_IO_LAYERS": "YES", "ENABLE_BATCH_PADDING": "YES"}
     for key, value in values.items():
         config.parameters[key].string_value = value

@@ -42,7 +42,7 @@ def test_bad_parameters_are_named(raw, message):
 
 def test_parameters_become_openvino_properties():
     params = OpenVinoParameters(NUM_STREAMS="2", PERFORMANCE_HINT="throughput", INFERENCE_NUM_THREADS=1, HINT_BF16=True)
-    assert params.properties() == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2",
+    assert params.properties() == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", "ENABLE_CPU_PINNING": False,
                                    "INFERENCE_NUM_THREADS": "1", "INFERENCE_PRECISION_HINT": "bf16"}
     assert OpenVinoParameters(INFERENCE_PRECISION_HINT="f32").properties()["INFERENCE_PRECISION_HINT"] == "f32"
 
@@ -67,6 +67,37 @@ def test_generated_config_is_read_back_by_the_embedded_backend(precision):
     as_json = json_format.MessageToDict(config, preserving_proto_field_name=True)
     assert parse_parameters(as_json, OpenVinoParameters, ignore=NATIVE_ONLY_PARAMETERS) == params
     assert ("HINT_BF16" in config.parameters) == (precision != "fp32")
+    assert len(config.model_warmup) == 0
+
+
+def test_warmup_covers_every_shape_the_backend_runs():
+    from bertqa.export.openvino import openvino_model_config, runtime_parameters
+    from bertqa.export.repository import TensorSpec, parse_config
+    from bertqa.openvino_runtime import chunk_rows
+
+    inputs = [TensorSpec(n, "TYPE_INT64", (-1,)) for n in ("input_ids", "attention_mask", "token_type_ids")]
+    text = openvino_model_config("m", inputs, [TensorSpec("start_logits", "TYPE_FP32", (-1,))],
+                                 runtime_parameters("int8"), warmup_lengths=(128, 384))
+    shapes = {(w.batch_size, tuple(w.inputs["input_ids"].dims)) for w in parse_config(text, "m").model_warmup}
+    assert shapes == {(rows, (length,)) for length in (128, 384) for rows in range(1, chunk_rows(length) + 1)}
+
+
+def test_batches_run_in_bounded_chunks_with_the_same_logits(tmp_path):
+    """Chunking (and the stream/latency-model split) changes no logit: a batch equals its rows run alone."""
+    import openvino as ov
+
+    from bertqa.openvino_runtime import chunk_rows
+
+    ids = ov.opset13.parameter([-1, -1], ov.Type.i64, name="input_ids")
+    scores = ov.opset13.convert(ids, ov.Type.f32)
+    model = ov.Model([ov.opset13.multiply(scores, ov.opset13.constant(np.float32(0.5)))], [ids], "m")
+    model.outputs[0].get_tensor().set_names({"start_logits"})
+    ov.save_model(model, str(tmp_path / "model.xml"))
+    rows = 2 * chunk_rows(128) + 1
+    feeds = {"input_ids": np.arange(rows * 128, dtype=np.int64).reshape(rows, 128)}
+    for params in (OpenVinoParameters(), OpenVinoParameters(NUM_STREAMS="2", INFERENCE_NUM_THREADS=2, LATENCY_THREADS=2)):
+        (out,) = OpenVinoSession(tmp_path / "model.xml", params).run(None, feeds)
+        assert np.array_equal(out, feeds["input_ids"] * 0.5)
 
 
 # --------------------------------------------------------------------------------------------------
