@@ -67,10 +67,11 @@ def committed_configs(target: Path) -> Path:
     return target
 
 
-def export(checkpoint: Path, repository: Path, fmt: str, *, no_eval: bool, console=None):
+def export(checkpoint: Path, repository: Path, fmt: str, *, no_eval: bool, precision: str | None = None, console=None):
     from bertqa.export.pipeline import ExportOptions, export_to_repository
 
-    options = ExportOptions(checkpoint=checkpoint, format=fmt, repository=repository, no_eval=no_eval)
+    options = ExportOptions(checkpoint=checkpoint, format=fmt, precision=precision, repository=repository,
+                            no_eval=no_eval)
     return export_to_repository(options, console=console)
 
 
@@ -208,3 +209,12 @@ def add_variants(repository: Path, *, no_batching: bool = True, pad384: bool = T
         clone_ensemble(repository, "bert_qa", "bert_qa_default", {"bert_onnx": "bert_onnx_default"})
         variants["Triton default instances (untuned)"] = "bert_qa_default"
     return variants
+
+
+def pad_variant(repository: Path, ensemble: str, name: str) -> str:
+    """Ensemble ``name``: ``ensemble`` with every window padded to qa_preprocess's max_seq_len (no buckets)."""
+    max_seq = read_parameter((repository / "qa_preprocess" / "config.pbtxt").read_text(), "max_seq_len") or "384"
+    if not (repository / "qa_preprocess_pad").exists():
+        clone_model(repository, "qa_preprocess", "qa_preprocess_pad", lambda t: with_parameter(t, "seq_len_buckets", max_seq))
+    clone_ensemble(repository, ensemble, name, {"qa_preprocess": "qa_preprocess_pad"})
+    return name

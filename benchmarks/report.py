@@ -1,13 +1,11 @@
-"""docs/BENCHMARKS.md and its plot from the results of :mod:`benchmarks.run`."""
+"""docs/BENCHMARKS.md and its plot from the results of :mod:`benchmarks.run` (issue 13's targets)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from benchmarks.flops import BertShape
-
-SHAPE_TITLES = {"demo": "demo model", "4l-288d": "4L-288D", "bert-base": "BERT-base"}
+FP32 = "ORT FP32"
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -16,107 +14,85 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _pick(results: dict, shape: str, prefix: str, workload: str | None = "fixed-384") -> dict | None:
-    rows = [m for m in results["measurements"] if m["shape"] == shape and m["system"].startswith(prefix)
-            and (workload is None or m["workload"] == workload)]
+def served_rows(results: dict, key: str, protocol: str = "HTTP") -> list[dict]:
+    return [m for m in results["measurements"] if m["system"].startswith("Triton ") and m["system"].endswith(
+        f"({key}) {protocol}") and m["concurrency"]]
+
+
+def _at(results: dict, key: str, concurrency: int) -> dict | None:
+    return next((m for m in served_rows(results, key) if m["concurrency"] == concurrency), None)
+
+
+def _best(results: dict, key: str) -> dict | None:
+    rows = served_rows(results, key)
     return max(rows, key=lambda m: m["pairs_per_s"]) if rows else None
 
 
-def _ratio(a: dict | None, b: dict | None) -> float | None:
-    if not a or not b or not b["pairs_per_s"]:
-        return None
-    return a["pairs_per_s"] / b["pairs_per_s"]
+def _f1_ratio(results: dict, key: str) -> float:
+    return results["inprocess"][key]["f1"] / results["inprocess"][FP32]["f1"]
 
 
 def targets(results: dict) -> list[dict]:
-    """Each target of issue 7: required ratio, measured ratio, met or not, what it is made of."""
+    """Issue 13's targets: what is required, the ratio measured in this run, and what it is made of."""
     out = []
 
-    def add(name, required, measured, basis, shape=None):
-        out.append({"target": name, "required": required, "measured": measured, "shape": shape, "basis": basis,
-                    "met": measured is not None and measured >= required})
+    def add(name, required, measured, basis, low=None, high=None):
+        met = None if measured is None or low is None else (low <= measured <= (high if high is not None else math.inf))
+        out.append({"target": name, "required": required, "measured": measured, "met": met, "basis": basis})
 
-    shapes = results["shapes"]
-    for shape, required in (("bert-base", 0.95), ("4l-288d", 0.85), ("demo", None)):
-        if shape not in shapes:
-            continue
-        served = _pick(results, shape, "Triton bert_qa (FP32)")
-        ref = _pick(results, shape, "in-process reference (FP32)")
-        if required is not None:
-            add(f"served FP32 / in-process FP32 at saturation ({SHAPE_TITLES.get(shape, shape)})", required, _ratio(served, ref),
-                f"{_fmt(served and served['pairs_per_s'])} vs {_fmt(ref and ref['pairs_per_s'])} seq/s", shape)
-    for shape in shapes:
-        served = _pick(results, shape, "Triton bert_qa (FP32)")
-        int8 = _pick(results, shape, "Triton bert_qa_int8")
-        hf = _pick(results, shape, "HF pipeline")
-        add(f"served FP32 / HF pipeline ({SHAPE_TITLES.get(shape, shape)})", 1.8, _ratio(served, hf),
-            f"{_fmt(served and served['pairs_per_s'])} vs {_fmt(hf and hf['pairs_per_s'])} seq/s", shape)
-        add(f"served INT8 / HF pipeline ({SHAPE_TITLES.get(shape, shape)})", 3.5, _ratio(int8, hf),
-            f"{_fmt(int8 and int8['pairs_per_s'])} vs {_fmt(hf and hf['pairs_per_s'])} seq/s", shape)
-        add(f"served INT8 / served FP32 ({SHAPE_TITLES.get(shape, shape)})", 2.0, _ratio(int8, served),
-            f"{_fmt(int8 and int8['pairs_per_s'])} vs {_fmt(served and served['pairs_per_s'])} seq/s", shape)
-    checks = results.get("checks", {})
-    for shape, info in shapes.items():
-        report = info.get("int8_export_report") or {}
-        if report.get("f1_retained") is not None:
-            add(f"INT8 F1 / FP32 F1, exporter comparison ({SHAPE_TITLES.get(shape, shape)})", 0.99, report["f1_retained"],
-                f"F1 {_fmt(report['int8_f1'])} vs {_fmt(report['fp32_f1'])} on {report['eval_questions']} questions "
-                "of tests/data/squad_sample.json (in-process, batches of 8)", shape)
-        served_f1 = checks.get(shape, {}).get("served_f1")
-        if served_f1:
-            f32, f8 = served_f1["bert_qa"]["f1"], served_f1["bert_qa_int8"]["f1"]
-            add(f"INT8 F1 / FP32 F1, bertqa eval through Triton ({SHAPE_TITLES.get(shape, shape)})", 0.99,
-                f8 / f32 if f32 else None, f"F1 {_fmt(f8)} vs {_fmt(f32)}", shape)
-    if "bert-base" in shapes:
-        served = _pick(results, "bert-base", "Triton bert_qa (FP32)")
-        peak = results["gemm"]["peak_gflops"]
-        flops = shapes["bert-base"]["flops_per_sequence"]
-        mfu = served["pairs_per_s"] * flops / (peak * 1e9) if served else None
-        add("model FLOP utilisation of served FP32 BERT-base / GEMM peak", 0.80, mfu,
-            f"{_fmt(served and served['pairs_per_s'], 3)} seq/s x {flops / 1e9:.1f} GFLOP = "
-            f"{_fmt(served and served['pairs_per_s'] * flops / 1e9, 1)} GFLOP/s vs peak {peak:.1f} GFLOP/s", "bert-base")
-    for shape in shapes:
-        off = _pick(results, shape, "Triton bert_qa, dynamic batching off")
-        if off:
-            on = next((m for m in results["measurements"] if m["shape"] == shape
-                       and m["system"] == "Triton bert_qa (FP32) gRPC" and m["concurrency"] == off["concurrency"]), None)
-            add(f"dynamic batching on / off at concurrency {off['concurrency']} ({SHAPE_TITLES.get(shape, shape)})", 1.3,
-                _ratio(on, off), f"{_fmt(on and on['pairs_per_s'])} vs {_fmt(off['pairs_per_s'])} seq/s", shape)
-        scenario = _pick(results, shape, "Triton bert_qa (FP32), Server scenario")
-        if scenario:
-            lat = scenario["latency_ms"]
-            ratio = lat["p99"] / lat["p50"] if lat.get("p50") else None
-            # Expressed as p50/p99 >= 1/1.5 so that "measured >= required" holds for every row.
-            out.append({"target": f"p99 / p50 <= 1.5 at 70 % of max throughput, Server scenario ({SHAPE_TITLES.get(shape, shape)})",
-                        "required": 1.5, "measured": ratio, "shape": shape, "inverse": True,
-                        "met": ratio is not None and ratio <= 1.5,
-                        "basis": f"Poisson {scenario['rate']:.1f}/s: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms"})
-        buckets = _pick(results, shape, "Triton bert_qa, buckets", workload=None)
-        padded = _pick(results, shape, "Triton bert_qa, padded", workload=None)
-        if buckets and padded:
-            same = checks.get(shape, {}).get("served_bucket_answers", {})
-            ratio = _ratio(buckets, padded)
-            identical = same.get("identical") == same.get("pairs")
-            out.append({"target": f"length buckets / padding to 384 on the SQuAD-like mix ({SHAPE_TITLES.get(shape, shape)})",
-                        "required": 2.0, "measured": ratio, "shape": shape,
-                        "met": ratio is not None and ratio >= 2.0 and identical,
-                        "basis": f"{_fmt(buckets['pairs_per_s'])} vs {_fmt(padded['pairs_per_s'])} answers/s; "
-                                 f"identical answers {same.get('identical')}/{same.get('pairs')}"})
-            alt = _pick(results, shape, "Triton bert_qa, alternative", workload=None)
-            if alt:
-                same = checks.get(shape, {}).get("served_fine_bucket_answers", {})
-                ratio = _ratio(alt, padded)
-                identical = same.get("identical") == same.get("pairs")
-                label = alt["system"].replace("Triton bert_qa, alternative ", "").replace(" gRPC", "")
-                out.append({"target": f"length buckets ({label}) / padding to 384 on the mix ({SHAPE_TITLES.get(shape, shape)})",
-                            "required": 2.0, "measured": ratio, "shape": shape,
-                            "met": ratio is not None and ratio >= 2.0 and identical,
-                            "basis": f"{_fmt(alt['pairs_per_s'])} vs {_fmt(padded['pairs_per_s'])} answers/s; "
-                                     f"identical answers {same.get('identical')}/{same.get('pairs')}"})
+    inproc, hf = results["inprocess"], results.get("hf")
+    keys = list(inproc)
+    eligible = [k for k in keys if _f1_ratio(results, k) >= 0.99]
+    if hf:
+        for label, pick in (("concurrency 1", lambda k: _at(results, k, 1)), ("best concurrency", lambda k: _best(results, k))):
+            rows = [(k, pick(k)) for k in eligible if pick(k)]
+            if rows:
+                key, m = max(rows, key=lambda r: r[1]["pairs_per_s"])
+                add(f"best served variant / HF pipeline, {label}", ">= 8 (F1 >= 99 % of FP32)",
+                    m["pairs_per_s"] / hf["questions_per_s"],
+                    f"{key} at concurrency {m['concurrency']}: {m['pairs_per_s']:.2f} vs {hf['questions_per_s']:.2f} "
+                    f"questions/s; F1 {inproc[key]['f1']:.2f} = {_f1_ratio(results, key):.1%} of FP32", low=8.0)
+    bf16, fp32 = _best(results, "OpenVINO BF16"), _best(results, "OpenVINO FP32")
+    if bf16 and fp32:
+        ok = _f1_ratio(results, "OpenVINO BF16") >= 0.99
+        add("served BF16 / served FP32 (OpenVINO, best concurrency each)", ">= 1.7 (F1 >= 99 % of FP32)",
+            bf16["pairs_per_s"] / fp32["pairs_per_s"],
+            f"{bf16['pairs_per_s']:.2f} vs {fp32['pairs_per_s']:.2f} questions/s; BF16 F1 {inproc['OpenVINO BF16']['f1']:.2f} "
+            f"= {_f1_ratio(results, 'OpenVINO BF16'):.1%} of FP32", low=1.7 if ok else math.inf)
+    default = results.get("default")
+    if default:
+        best = _best(results, default)
+        add(f"served / in-process, same engine ({default})", ">= 0.95", best["pairs_per_s"] / inproc[default]["questions_per_s"],
+            f"{best['pairs_per_s']:.2f} served (concurrency {best['concurrency']}) vs {inproc[default]['questions_per_s']:.2f} "
+            f"in-process questions/s, one question at a time", low=0.95)
+    base = results["checks"].get("bert_base")
+    if base:
+        util = base["sequences_per_s"] * base["gflop_per_sequence"] / results["gemm"]["peak_gflops"]
+        add("FP32 model FLOP utilisation (BERT-base, ORT in-process) / GEMM peak", ">= 0.9", util,
+            f"{base['sequences_per_s']:.2f} seq/s x {base['gflop_per_sequence']:.1f} GFLOP vs peak "
+            f"{results['gemm']['peak_gflops']:.1f} GFLOP/s", low=0.9)
+    scenario = results["checks"].get("server_scenario")
+    if scenario and scenario["md1_rate"]:
+        add(f"Server scenario: highest Poisson rate with p99 <= 130 ms / M/D/1 ({scenario['variant']})", "compared",
+            scenario["best_rate"] / scenario["md1_rate"],
+            f"{scenario['best_rate']:.1f}/s met (of {', '.join(format(p['rate'], '.1f') for p in scenario['points'])} tried) vs "
+            f"M/D/1 {scenario['md1_rate']:.1f}/s at a {scenario['service_ms']:.0f} ms service time")
+    for key in keys:
+        single = _at(results, key, 1)
+        for c in (4, 16):
+            m = _at(results, key, c)
+            if single and m:
+                add(f"no collapse: concurrency {c} / concurrency 1 ({key})", ">= 0.95", m["pairs_per_s"] / single["pairs_per_s"],
+                    f"{m['pairs_per_s']:.2f} vs {single['pairs_per_s']:.2f} questions/s", low=0.95)
+    for row in results["checks"].get("perf_analyzer", {}).get("rows", []):
+        add(f"bertqa bench / perf_analyzer, concurrency {row['concurrency']} ({results['checks']['perf_analyzer']['variant']})",
+            "0.9-1.1", row["bench_throughput"] / row["throughput"],
+            f"{row['bench_throughput']:.2f} vs {row['throughput']:.2f} questions/s; p50 {row['bench_p50_ms']:.0f} vs "
+            f"{row['p50_ms']:.0f} ms", low=0.9, high=1.1)
+    if default:
+        add(f"CPU default ({default}): sample F1 / FP32 F1", ">= 0.99", _f1_ratio(results, default),
+            f"F1 {inproc[default]['f1']:.2f} vs {inproc[FP32]['f1']:.2f} on {inproc[default]['questions']} questions", low=0.99)
     return out
-
-
-# --------------------------------------------------------------------------------------------------
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -125,358 +101,165 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shapes = list(results["shapes"])
-    systems = [("in-process reference (FP32)", "in-process FP32"), ("in-process reference (INT8)", "in-process INT8"),
-               ("HF pipeline", "HF pipeline (PyTorch)"), ("Triton bert_qa (FP32) HTTP", "Triton FP32 HTTP"),
-               ("Triton bert_qa (FP32) gRPC", "Triton FP32 gRPC"), ("Triton bert_qa_int8", "Triton INT8 gRPC")]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    ax = axes[0]
-    width = 0.8 / len(systems)
-    for i, (prefix, label) in enumerate(systems):
-        values = [(_pick(results, s, prefix) or {}).get("pairs_per_s", 0.0) for s in shapes]
-        ax.bar([x + i * width for x in range(len(shapes))], values, width, label=label)
-    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(shapes))], [SHAPE_TITLES.get(s, s) for s in shapes])
-    ax.set_yscale("log")
-    ax.set_ylabel("sequences/s (384 tokens), best load point")
-    ax.set_title("Throughput at sequence length 384")
+    keys = list(results["inprocess"])
+    concurrencies = sorted({m["concurrency"] for k in keys for m in served_rows(results, k)})
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    width = 0.8 / (len(concurrencies) + 1)
+    for i, c in enumerate(concurrencies):
+        values = [(_at(results, k, c) or {}).get("pairs_per_s", 0.0) for k in keys]
+        ax.bar([x + i * width for x in range(len(keys))], values, width, label=f"served, concurrency {c}")
+    ax.bar([x + len(concurrencies) * width for x in range(len(keys))],
+           [results["inprocess"][k]["questions_per_s"] for k in keys], width, label="in-process", color="0.6")
+    if results.get("hf"):
+        ax.axhline(results["hf"]["questions_per_s"], color="black", linestyle="--", label="HF pipeline (PyTorch FP32)")
+    ax.set_xticks([x + width * len(concurrencies) / 2 for x in range(len(keys))])
+    ax.set_xticklabels([f"{k}\nF1 {results['inprocess'][k]['f1']:.1f}" for k in keys])
+    ax.set_ylabel("SQuAD dev questions/s")
+    ax.set_title("BERT QA on CPU: each variant served by Triton and in-process (same checkpoint, same questions)")
     ax.legend(fontsize=8)
-    ax = axes[1]
-    for prefix, marker in (("Triton bert_qa (FP32) HTTP", "o-"), ("Triton bert_qa (FP32) gRPC", "s-"),
-                           ("Triton bert_qa_int8", "^-")):
-        rows = sorted((m for m in results["measurements"] if m["shape"] == "demo" and m["system"].startswith(prefix)
-                       and m["concurrency"]), key=lambda m: m["concurrency"])
-        if rows:
-            ax.plot([m["pairs_per_s"] for m in rows], [m["latency_ms"]["p99"] for m in rows], marker,
-                    label=prefix.replace("Triton ", "") + " p99")
-            for m in rows:
-                ax.annotate(f"c{m['concurrency']}", (m["pairs_per_s"], m["latency_ms"]["p99"]), fontsize=7)
-    ref = _pick(results, "demo", "in-process reference (FP32)")
-    if ref:
-        ax.axvline(ref["pairs_per_s"], color="grey", linestyle="--", label="in-process FP32 ceiling")
-    ax.set_xlabel("sequences/s")
-    ax.set_ylabel("p99 latency (ms)")
-    ax.set_yscale("log")
-    ax.set_title("Demo model: latency vs throughput (concurrency sweep)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-# --------------------------------------------------------------------------------------------------
-
-
-def _server_rows(m: dict) -> list[str]:
-    lines = []
-    for row in m.get("server") or []:
-        lines.append(f"| {row['name']} | {row['requests']} | {row['avg_batch']:.2f} | {row['request_us'] / 1e3:.1f} | "
-                     f"{row['queue_us'] / 1e3:.1f} | {row['compute_input_us'] / 1e3:.2f} | "
-                     f"{row['compute_infer_us'] / 1e3:.1f} | {row['compute_output_us'] / 1e3:.2f} |")
-    return lines
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def markdown(results: dict, png_name: str) -> str:
-    mach = results["machine"]
-    gemm = results["gemm"]
-    peak = gemm["peak_gflops"]
+    inproc, checks = results["inprocess"], results["checks"]
     lines = [
-        "# Benchmarks: BERT QA served by Triton vs in-process baselines",
+        "# Benchmarks: BERT QA on CPU, served by Triton, on real SQuAD",
         "",
-        f"Generated by `{results.get('command', 'make bench')}` (`benchmarks/run.py`, profile `{results['profile']}`) "
-        f"in {results['elapsed_s'] / 60:.1f} minutes, everything in one run on one machine: same models, same "
-        "question/context pairs, sequence length 384. Do not edit by hand; rerun `make bench`.",
+        f"Generated by `{results.get('command', 'make bench')}` (`benchmarks/run.py`, profile `{results['profile']}`) in "
+        f"{results['elapsed_s'] / 60:.1f} minutes, everything in one run on one machine. Do not edit by hand; rerun `make bench`.",
         "",
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| CPU | {mach['cpu']} ({mach['physical_cores']} cores, {mach['logical_cpus']} logical CPUs; {mach['cpu_flags']}) |",
-        f"| memory | {mach['memory_gib']} GiB |",
-        f"| OS / Python | {mach['os']} / {mach['python']} |",
-        f"| Triton | tritonserver {mach['tritonserver']}, embedded (`bertqa serve`), Python-based ONNX Runtime backend |",
+        f"Checkpoint: `{Path(results['checkpoint']).name}`; questions: {results['data']['source']}. "
+        "ONNX Runtime FP32/INT8 are exported from it by `bertqa export`; the OpenVINO variants are converted from "
+        "that FP32 ONNX by `python -m bertqa.export.openvino` (the converter `bertqa export --format openvino` "
+        "runs); every variant answers the same questions.",
     ]
-    lines += [f"| {k} | {v} |" for k, v in mach["versions"].items()]
-    lines += [
-        "",
-        "The load generator (`bertqa bench` library, asyncio clients) runs on the same 2 cores as the server, as "
-        "every in-process baseline does; served figures therefore include the client's CPU cost.",
-        "",
-        "## Targets",
-        "",
-        "| target | required | measured | met | basis |",
-        "|---|---|---|---|---|",
-    ]
-    for t in targets(results):
-        req = f"<= {t['required']}" if t.get("inverse") else f">= {t['required']}"
-        lines.append(f"| {t['target']} | {req} | {_fmt(t['measured'])} | {'yes' if t['met'] else '**no**'} | {t['basis']} |")
-    lines += ["", f"![throughput and latency]({png_name})", ""]
-
-    lines += ["## Dense GEMM peak (FP32, same run)", "",
-              "Best of several runs per shape; `onnxruntime` is a single MatMul node (MLAS, the kernels BERT runs "
-              "on), `numpy` is OpenBLAS. Both use all cores. The peak used for FLOP utilisation is the best figure.", "",
-              "| engine | M x K x N | GFLOP/s |", "|---|---|---|"]
-    for r in gemm["results"]:
-        lines.append(f"| {r['engine']} | {r['m']} x {r['k']} x {r['n']} | {r['gflops']:.1f} |")
-    lines += ["", f"**Peak: {peak:.1f} GFLOP/s** ({gemm['best']['engine']}, {gemm['best']['m']} x {gemm['best']['k']} x "
-              f"{gemm['best']['n']}).", "",
-              "FLOPs per sequence count matmuls only: `2 * L * layers * (4 H^2 + 2 H I)` for the dense layers plus "
-              "`layers * 2 * 2 * L^2 * H` for attention (Q K^T and P V) plus the QA head, at L = 384 "
-              "(`benchmarks/flops.py`).", ""]
-
-    for key, info in results["shapes"].items():
-        shape = BertShape(**info["shape"])
-        flops = info["flops_per_sequence"]
-        lines += [f"## {SHAPE_TITLES.get(key, key)}: {info['title']}", "",
-                  f"{shape.label}; {flops / 1e9:.2f} GFLOP per 384-token sequence. Exports: FP32 "
-                  f"{info['export_fp32_s']:.0f} s, INT8 {info['export_int8_s']:.0f} s (`bertqa export`).", "",
-                  "| system | load | sequences/s | p50 ms | p99 ms | FLOP util. (of FP32 GEMM peak) | vs in-process FP32 | stable |",
-                  "|---|---|---|---|---|---|---|---|"]
-        ref = _pick(results, key, "in-process reference (FP32)")
-        for m in results["measurements"]:
-            if m["shape"] != key or m["workload"] != "fixed-384" or "Server scenario" in m["system"]:
-                continue
-            lat = m["latency_ms"]
-            util = m["pairs_per_s"] * flops / (peak * 1e9)
-            lines.append(
-                f"| {m['system']} | {m['detail']} | {m['pairs_per_s']:.2f} | {_fmt(lat.get('p50'), 0)} | "
-                f"{_fmt(lat.get('p99'), 0)} | {util:.0%} | {_fmt(_ratio(m, ref))} | "
-                f"{'' if m['stable'] is None else ('yes' if m['stable'] else 'no')} |")
-        report = info.get("int8_export_report") or {}
-        lines += ["", f"INT8 (dynamic quantization of the MatMul weights, per channel): "
-                  f"{(report.get('size_bytes') or 0) / 1e6:.1f} MB vs FP32 {(report.get('fp32_size_bytes') or 0) / 1e6:.1f} MB; "
-                  f"the exporter's single-thread ONNX Runtime speed-up {_fmt(report.get('speedup'))}x."]
-        if report.get("f1_retained") is not None:
-            lines.append(f"SQuAD sample F1 (exporter, in-process): FP32 {report['fp32_f1']:.2f}, INT8 {report['int8_f1']:.2f} "
-                         f"({report['f1_retained']:.1%}).")
-        lines.append("")
-        prof = info.get("op_profile")
-        if prof:
-            lines += [f"ONNX Runtime profile of one in-process batch (time share per operator type; matmul-type "
-                      f"operators: FP32 {prof['bert_onnx']['matmul_share']:.0%}, INT8 {prof['bert_onnx_int8']['matmul_share']:.0%}):", "",
-                      "| model | top operator types (share of node time) |", "|---|---|"]
-            for bert, label in (("bert_onnx", "FP32"), ("bert_onnx_int8", "INT8")):
-                top = ", ".join(f"{op} {share:.0%}" for op, share in list(prof[bert]["shares"].items())[:7])
-                lines.append(f"| {label} ({prof[bert]['node_ms_per_run']:.0f} ms per batch) | {top} |")
-            lines.append("")
-        served = [m for m in results["measurements"] if m["shape"] == key and m["server"]]
-        top = _pick(results, key, "Triton bert_qa (FP32)")
-        if top and top["server"]:
-            lines += [f"Server-side breakdown of the best FP32 point ({top['system']}, {top['detail']}): per request, "
-                      "from Triton's statistics API.", "",
-                      "| model | requests | avg batch | request ms | queue ms | input ms | infer ms | output ms |",
-                      "|---|---|---|---|---|---|---|---|", *_server_rows(top), ""]
-        del served
-        checks = results.get("checks", {}).get(key, {})
-        if "server_scenario_basis" in checks:
-            lines += _full_sections(results, key, checks)
-    lines += analysis(results)
-    lines += _notes(results)
-    lines += ["## Reproducing", "", "```bash",
-              "make bench                      # bootstraps .venv like `make test`, then runs the full profile (~20-30 min on 2 cores)",
-              ".venv/bin/python -m benchmarks.run --profile full --json /tmp/bench.json   # same, keeping the raw results",
-              ".venv/bin/python -m benchmarks.run --profile full --shapes demo            # one shape",
-              ".venv/bin/python -m benchmarks.run --profile smoke --output /tmp/smoke.md  # ~1 minute end-to-end check",
-              "```", "",
-              "Each served figure is one `bertqa bench` load point (warm-up, then windows until the last 3 agree "
-              "within 10 %, perf_analyzer's rule; `stable: no` marks points that ran out of windows). In-process "
-              "figures loop over the same pairs for a fixed time after a warm-up batch. Run it on an otherwise idle "
-              "machine: anything else on the cores shows up directly in these numbers.", ""]
-    return "\n".join(lines)
+    if results.get("machine_note"):
+        lines += ["", f"**Machine:** {results['machine_note']}"]
+    m = results["machine"]
+    lines += ["", "## Machine", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.items()]
+    lines += ["", "The load generator runs on the same cores as the server, as every in-process baseline does.", "",
+              "## Targets", ""]
+    lines += _table(["target", "required", "measured", "met", "basis"], [
+        [t["target"], t["required"], _fmt(t["measured"]), {True: "yes", False: "**no**", None: "–"}[t["met"]], t["basis"]]
+        for t in targets(results)])
+    lines += ["", f"![throughput per variant]({png_name})", "", "## Variants: accuracy and speed", ""]
+    default = results.get("default")
+    lines += [f"**CPU default by measurement: {default}** — the fastest served variant whose F1 on this sample is at "
+              "least 99 % of FP32's (issue 13's rule; the full-dev F1 of the default is in docs/ACCURACY.md "
+              "and README)." if default else ""]
+    rows = []
+    for key, row in inproc.items():
+        single, best = _at(results, key, 1), _best(results, key)
+        export = results["exports"].get(key, {})
+        rows.append([key, _fmt(row["exact_match"]), _fmt(row["f1"]), f"{row['f1'] / inproc[FP32]['f1']:.1%}",
+                     f"{row['identical_to_fp32']}/{row['questions']}", _fmt(row["questions_per_s"], 1),
+                     _fmt(single and single["pairs_per_s"], 1),
+                     f"{_fmt(best and best['pairs_per_s'], 1)} (c{best['concurrency']})" if best else "–",
+                     _fmt(export.get("seconds"), 0)])
+    lines += _table(["variant", "EM", "F1", "F1 / FP32", "answers = FP32", "in-process q/s", "served c1 q/s",
+                     "served best q/s", "export s"], rows)
+    hf = results.get("hf")
+    if hf:
+        lines += ["", f"Hugging Face `pipeline(\"question-answering\")` on PyTorch FP32 (same checkpoint, {hf['detail']}): "
+                  f"{hf['questions_per_s']:.2f} questions/s on the first {hf['questions']} questions (F1 {hf['f1']:.2f})."]
+    lines += ["", "In-process: tokenize + model + span decoding in this process, one question at a time. Served: "
+              "`bertqa bench` over HTTP, closed loop, warm-up then stable windows.", "", "### Served throughput and latency", ""]
+    srows = [[mm["system"], mm["detail"], _fmt(mm["pairs_per_s"]), _fmt(mm["latency_ms"].get("p50"), 0),
+              _fmt(mm["latency_ms"].get("p99"), 0), {True: "yes", False: "no", None: "–"}[mm["stable"]]]
+             for mm in results["measurements"]]
+    lines += _table(["system", "load", "questions/s", "p50 ms", "p99 ms", "stable"], srows)
+    lines += _perf_analyzer(checks) + _scenario(checks) + _buckets(checks) + _threads(results) + _retired(results)
+    return "\n".join(lines) + "\n"
 
 
-def _full_sections(results: dict, key: str, checks: dict) -> list[str]:
-    lines = []
-    basis = checks["server_scenario_basis"]
-    scenario = _pick(results, key, "Triton bert_qa (FP32), Server scenario")
-    on = next((m for m in results["measurements"] if m["shape"] == key and m["system"] == "Triton bert_qa (FP32) gRPC"
-               and m["concurrency"] == (_pick(results, key, "Triton bert_qa, dynamic batching off") or {}).get("concurrency")), None)
-    rows = [("dynamic batching on (tuned config)", on),
-            ("dynamic batching off (all three models)", _pick(results, key, "Triton bert_qa, dynamic batching off")),
-            ("Triton default instance count, intra_op 0 (untuned)", _pick(results, key, "Triton bert_qa, Triton default"))]
-    lines += ["### Dynamic batching and instance tuning (gRPC)", "",
-              "| config | load | sequences/s | p50 ms | p99 ms | BERT avg batch |", "|---|---|---|---|---|---|"]
-    for label, m in rows:
-        if m:
-            bert = next((r for r in m["server"] if r["name"].startswith("bert_onnx")), None)
-            lines.append(f"| {label} | {m['detail']} | {m['pairs_per_s']:.2f} | {m['latency_ms']['p50']:.0f} | "
-                         f"{m['latency_ms']['p99']:.0f} | {_fmt(bert and bert['avg_batch'])} |")
-    if scenario:
-        lat = scenario["latency_ms"]
-        lines += ["", "### Server scenario (MLPerf-style, Poisson arrivals)", "",
-                  f"Offered {basis['rate']:.2f} requests/s = 70 % of the best FP32 throughput "
-                  f"({basis['max_pairs_per_s']:.2f}/s, {basis['system']} at concurrency {basis['concurrency']}); achieved "
-                  f"{scenario['pairs_per_s']:.2f}/s. Latency: p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, "
-                  f"p99 {lat['p99']:.0f} ms (p99/p50 {lat['p99'] / lat['p50']:.2f}).", ""]
-        if scenario["server"]:
-            lines += ["| model | requests | avg batch | request ms | queue ms | input ms | infer ms | output ms |",
-                      "|---|---|---|---|---|---|---|---|", *_server_rows(scenario), ""]
-    buckets = _pick(results, key, "Triton bert_qa, buckets", workload=None)
-    padded = _pick(results, key, "Triton bert_qa, padded", workload=None)
-    inproc = checks.get("inprocess_bucket_answers", {})
-    served = checks.get("served_bucket_answers", {})
-    if buckets and padded:
-        lines += ["### Sequence-length buckets on the SQuAD-like length mix", "",
-                  f"{served.get('pairs')} pairs of the built-in `bertqa bench` set (contexts mostly 60-250 words, an 8 % "
-                  f"tail of 300-650 words); `qa_preprocess` `seq_len_buckets` \"{','.join(map(str, inproc.get('buckets', [])))}\" "
-                  "vs \"384\" (every window padded to 384), gRPC.", "",
-                  "| qa_preprocess | load | answers/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-        fine = _pick(results, key, "Triton bert_qa, alternative", workload=None)
-        rows = [(f"buckets {','.join(map(str, inproc.get('buckets', [])))} (committed)", buckets), ("padded to 384", padded)]
-        if fine:
-            rows.append((fine["system"].replace("Triton bert_qa, alternative ", "").replace(" gRPC", ""), fine))
-        for label, m in rows:
-            lines.append(f"| {label} | {m['detail']} | {m['pairs_per_s']:.2f} | {m['latency_ms']['p50']:.0f} | "
-                         f"{m['latency_ms']['p99']:.0f} |")
-        pad = checks.get("padding_flops")
-        if pad:
-            f = pad["flops"]
-            lines += ["", "Model FLOPs to answer the whole mix (matmul count of `benchmarks/flops.py`, every window of a "
-                      "request padded to its bucket): padded to 384 needs "
-                      f"{f['padded to 384'] / f['buckets']:.2f}x the FLOPs of the committed buckets, "
-                      f"{f['padded to 384'] / f['alternative buckets']:.2f}x those of buckets "
-                      f"{','.join(map(str, pad['alternative_buckets']))} and "
-                      f"{f['padded to 384'] / f['exact']:.2f}x those of no padding at all. That last figure bounds what "
-                      "any bucketing can gain on this mix: the 12 % of pairs with two or three windows fill 384 tokens "
-                      "anyway, and their windows are a large share of the work."]
-        fine_same = checks.get("served_fine_bucket_answers")
-        if fine_same:
-            served = {**served, "alt": f"; alternative buckets vs padded {fine_same['identical']}/{fine_same['pairs']}"}
-        lines += ["", f"Identical answers (text and offsets): served {served.get('identical')}/{served.get('pairs')}"
-                  f"{served.get('alt', '')}, "
-                  f"in-process {inproc.get('identical')}/{inproc.get('pairs')}.", ""]
-    f1 = checks.get("served_f1")
-    if f1:
-        lines += ["### INT8 accuracy through the server", "",
-                  f"`bertqa eval` on tests/data/squad_sample.json ({f1['bert_qa']['questions']} questions, batches of 8, "
-                  f"2 in flight): FP32 EM {f1['bert_qa']['exact_match']:.2f} F1 {f1['bert_qa']['f1']:.2f}; INT8 EM "
-                  f"{f1['bert_qa_int8']['exact_match']:.2f} F1 {f1['bert_qa_int8']['f1']:.2f}.", ""]
+def _perf_analyzer(checks: dict) -> list[str]:
+    pa = checks.get("perf_analyzer")
+    if not pa:
+        return ["", "## perf_analyzer beside bench", "", f"Not measured: {checks.get('perf_analyzer_error', 'skipped')}."]
+    lines = ["", "## perf_analyzer beside bench", "",
+             f"Same server, same {pa['variant']} ensemble, same SQuAD pairs (`bertqa bench --perf-analyzer-data FILE` "
+             "writes perf_analyzer's `--input-data`); perf_analyzer from the tritonclient 2.51.0 wheel:", "",
+             f"    {pa['command']}", ""]
+    return lines + _table(["concurrency", "perf_analyzer q/s", "perf_analyzer stable (25 %)", "bench q/s",
+                           "bench / perf_analyzer", "p50 ms (pa / bench)", "p99 ms (pa / bench)"],
+                          [[str(r["concurrency"]), _fmt(r["throughput"]), "yes" if r.get("stable", True) else "no",
+                            _fmt(r["bench_throughput"]),
+                            _fmt(r["bench_throughput"] / r["throughput"]), f"{r['p50_ms']:.0f} / {r['bench_p50_ms']:.0f}",
+                            f"{r['p99_ms']:.0f} / {r['bench_p99_ms']:.0f}"] for r in pa["rows"]])
+
+
+def _scenario(checks: dict) -> list[str]:
+    s = checks.get("server_scenario")
+    if not s:
+        return []
+    lines = ["", "## Server scenario (MLPerf-style Poisson arrivals, p99 <= 130 ms)", "",
+             f"{s['variant']}, HTTP. Service time one request at a time: {s['service_ms']:.1f} ms, so an M/D/1 queue "
+             f"(deterministic service, one server) keeps p99 time-in-system within 130 ms up to {s['md1_rate']:.1f} "
+             "requests/s (`benchmarks/queueing.py`, Lindley's recursion). Rates around that bound were offered; the "
+             "dynamic batcher lets the server beat it when merged requests cost less than one each.", ""]
+    return lines + _table(["offered /s", "of the M/D/1 rate", "achieved /s", "p50 ms", "p99 ms", "p99 <= 130 ms"],
+                          [[_fmt(p["rate"], 1), f"{p['fraction']:.0%}", _fmt(p["achieved"], 1), _fmt(p["p50_ms"], 0),
+                            _fmt(p["p99_ms"], 0), "yes" if p["met"] else "no"] for p in s["points"]])
+
+
+def _buckets(checks: dict) -> list[str]:
+    b = checks.get("length_buckets")
+    if not b:
+        return []
+    f = b["flops"]
+    served = b["served"]
+    return ["", "## Sequence-length buckets on the real SQuAD dev length mix", "",
+            f"{b['pairs']} SQuAD dev pairs, OpenVINO INT8 served at concurrency {b['concurrency']}: qa_preprocess "
+            f"`seq_len_buckets` \"{b['buckets']}\" vs every window padded to 384.", ""] + _table(
+        ["qa_preprocess", "answers/s", "model FLOPs for the mix (matmuls)"],
+        [["buckets " + b["buckets"] + " (committed)", _fmt(served["buckets"]), f"{f['buckets'] / 1e12:.2f} TFLOP"],
+         ["padded to 384", _fmt(served["padded to 384"]), f"{f['padded to 384'] / 1e12:.2f} TFLOP"],
+         ["no padding at all (bound)", "–", f"{f['exact'] / 1e12:.2f} TFLOP"]]) + [
+        "", f"Served, buckets / padded: **{served['buckets'] / served['padded to 384']:.2f}x**. FLOPs, padded / buckets: "
+        f"{f['padded to 384'] / f['buckets']:.2f}x; padded / no padding: {f['padded to 384'] / f['exact']:.2f}x — the "
+        "most any bucketing could gain on this mix; the committed buckets reach "
+        f"{(f['padded to 384'] / f['buckets'] - 1) / max(f['padded to 384'] / f['exact'] - 1, 1e-9):.0%} of that FLOP saving."]
+
+
+def _threads(results: dict) -> list[str]:
+    lines = ["", "## Thread budgets", "",
+             "The BERT model's generated config (`bertqa export`), as served here:", ""]
+    for key, export in results["exports"].items():
+        params = [line.strip() for line in export["config"].splitlines()
+                  if "key:" in line or "string_value" in line or "count:" in line]
+        lines.append(f"- {key}: " + " ".join(params)[:300])
     return lines
 
 
-def _util(results: dict, m: dict | None, shape: str) -> float | None:
-    if not m:
-        return None
-    return m["pairs_per_s"] * results["shapes"][shape]["flops_per_sequence"] / (results["gemm"]["peak_gflops"] * 1e9)
+def _retired(results: dict) -> list[str]:
+    from benchmarks.queueing import md1_percentile
 
-
-def analysis(results: dict) -> list[str]:
-    """One paragraph per missed target: the measured figure and what the profile data says about it."""
-    out = []
-    for t in targets(results):
-        if t["met"] or t["measured"] is None:
-            continue
-        shape = t["shape"]
-        name = t["target"]
-        ref = _pick(results, shape, "in-process reference (FP32)")
-        ref8 = _pick(results, shape, "in-process reference (INT8)")
-        served = _pick(results, shape, "Triton bert_qa (FP32)")
-        hf = _pick(results, shape, "HF pipeline")
-        text = f"- **{name}: {_fmt(t['measured'])}** (required {'<=' if t.get('inverse') else '>='} {t['required']}). "
-        if name.startswith("served FP32 / in-process"):
-            bert = next((r for r in (served or {}).get("server", []) if r["name"].startswith("bert_onnx")), None)
-            client = (served or {}).get("extra", {}).get("client_cpu_pct")
-            text += (f"The in-process loop spends the 2 cores on BERT alone; the served path also pays the load "
-                     f"generator ({_fmt(client, 0)} % of a core at this point), HTTP/gRPC, Triton's ensemble and two "
-                     f"Python-backend hops per request")
-            if bert:
-                text += (f"; BERT itself ran {bert['compute_infer_us'] / 1e3:.0f} ms per request "
-                         f"(batches of {bert['avg_batch']:.1f})")
-            text += ". The smaller the model, the larger that fixed per-request share."
-        elif "/ HF pipeline" in name:
-            u_ref, u_ref8, u_hf = _util(results, ref, shape), _util(results, ref8, shape), _util(results, hf, shape)
-            text += (f"Both are bound by the same matmul units: PyTorch's oneDNN/MKL kernels already reach "
-                     f"{_fmt(u_hf and u_hf * 100, 0)} % of the measured GEMM peak and ONNX Runtime in-process "
-                     f"{_fmt(u_ref and u_ref * 100, 0)} % (FP32) / {_fmt(u_ref8 and u_ref8 * 100, 0)} % FP32-equivalent "
-                     f"(INT8). In-process ORT / HF is {_fmt(_ratio(ref, hf))} (FP32) and {_fmt(_ratio(ref8, hf))} (INT8): "
-                     "that is the ceiling for the served ratio on this CPU, whatever the serving layer does. Ratios such "
-                     "as 1.8x and 3.5x are what TensorRT on a GPU gives over eager PyTorch (fusion, FP16/INT8 tensor "
-                     "cores); on a CPU the eager baseline is not that far from the hardware.")
-        elif name.startswith("served INT8 / served FP32"):
-            prof = results["shapes"][shape].get("op_profile", {})
-            text += (f"In-process INT8 / FP32 is {_fmt(_ratio(ref8, ref))}: dynamic quantization speeds up the "
-                     "weight matmuls (VNNI), but activations are quantized at run time and attention (Q K^T, P V), "
-                     "softmax, layer norms and the bias adds stay FP32")
-            if prof:
-                top = ", ".join(f"{op} {v:.0%}" for op, v in list(prof["bert_onnx_int8"]["shares"].items())[:5])
-                text += f" (INT8 profile: {top})"
-            text += "; the served path adds the same fixed per-request cost to a shorter compute time."
-        elif name.startswith("INT8 F1"):
-            text += ("Dynamic INT8 moves some answer boundaries on this small sample; see the INT8 notes below "
-                     "(static Q/DQ was not better on this model).")
-        elif name.startswith("model FLOP utilisation"):
-            prof = results["shapes"][shape].get("op_profile", {}).get("bert_onnx", {})
-            u_ref = _util(results, ref, shape)
-            text += (f"In-process ONNX Runtime reaches {_fmt(u_ref and u_ref * 100, 0)} % — the ceiling for "
-                     "serving. ")
-            if prof:
-                text += (f"The profile puts {prof['matmul_share']:.0%} of BERT-base's node time in matmul-type "
-                         f"operators; the rest (softmax, GELU, layer norms, adds, transposes) does no counted FLOPs. "
-                         f"Even at the full GEMM peak in the matmuls, utilisation would be about "
-                         f"{prof['matmul_share']:.0%}; MLAS's SGEMM at BERT's shapes (the per-shape table above) "
-                         "stays below the best single GEMM figure, which is the peak used here.")
-        elif name.startswith("dynamic batching"):
-            text += ("At 384 tokens one sequence is already an M=384 GEMM, large enough to keep both cores' vector "
-                     "units busy, so batching windows does not make the matmuls more efficient on a CPU; it only "
-                     "amortises per-request overhead, a few ms against tens of ms of compute. (On a GPU, batching "
-                     "is what fills the device.)")
-        elif name.startswith("p99 / p50"):
-            text += ("With Poisson arrivals at 70 % utilisation of a single compute resource, queueing alone "
-                     "spreads latency: for an M/D/1 queue at rho = 0.7 the p99 response time is several times "
-                     "the median. Dynamic batching cannot help on a CPU whose batch time grows linearly with the "
-                     "batch. The Server-scenario breakdown shows where the time went (queue vs compute).")
-        elif name.startswith("length buckets"):
-            pad = results.get("checks", {}).get(shape, {}).get("padding_flops")
-            if pad:
-                f = pad["flops"]
-                text += (f"The work itself bounds it: padding to 384 costs {f['padded to 384'] / f['exact']:.2f}x "
-                         f"the FLOPs of no padding at all on this mix (committed buckets: "
-                         f"{f['padded to 384'] / f['buckets']:.2f}x, buckets "
-                         f"{','.join(map(str, pad.get('alternative_buckets', [])))}: "
-                         f"{f['padded to 384'] / f['alternative buckets']:.2f}x). 2x is out of reach for any "
-                         "bucketing of this SQuAD-like distribution, and short windows run the matmuls less "
-                         "efficiently than full ones, so the measured gain stays below the FLOP ratio. Answers are "
-                         "identical.")
-        out.append(text)
-    if not out:
-        return []
-    return ["## Targets missed: measured figure and reason", "", *out, ""]
-
-
-def _notes(results: dict) -> list[str]:
-    return ["## Notes", "",
-            "- **Why served can beat the in-process \"ceiling\".** The in-process reference runs tokenization, "
-            "ONNX Runtime and span decoding one after the other in one thread of control, so the cores idle in "
-            "ONNX Runtime's pool while Python tokenizes. Triton runs `qa_preprocess`, `bert_onnx` and "
-            "`qa_postprocess` in separate processes, overlapping one request's tokenization with another's BERT "
-            "pass; for the small shapes that overlap is worth more than the serving overhead (ratios above 1).",
-            "- **Batch size on a CPU.** The in-process rows sweep the batch size: one or two 384-token windows per "
-            "ONNX Runtime run are as fast or faster per window than eight (activations stay in cache). The "
-            "embedded ONNX Runtime backend (`bertqa/triton/onnxruntime_backend.py`) therefore runs each merged "
-            "dynamic batch in chunks of at most 512 tokens on CPU instances; GPU instances run the whole batch.",
-            "- **Static Q/DQ INT8** (`--calibration tests/data/squad_sample.json`) was tried on the demo model "
-            "outside this run: 97.5 % of FP32 F1 on the same sample and no faster than dynamic INT8 on this CPU "
-            "(in-process, 8 x 384 tokens: 16.6 vs 28.8 sequences/s), so the benchmark serves dynamic INT8.",
-            "- **Dynamic INT8 and batching.** `bertqa export --format onnx-int8` without `--calibration` quantizes "
-            "activations on the fly (`DynamicQuantizeLinear`): one scale per activation tensor, computed over the "
-            "whole batch. Which requests the dynamic batcher put together therefore changes the scales, and an "
-            "answer can differ (slightly) between a request sent alone and one batched with others. Static Q/DQ "
-            "(`--calibration FILE`) fixes the scales at export time and removes that dependence.",
-            "- **Instances on 2 cores.** A config without `instance_group` gets Triton's default for CPU models, "
-            "2 instances, and `intra_op_thread_count: 0` gives each ONNX Runtime session one thread per physical "
-            "core: 4 spinning compute threads on 2 cores. `bertqa export` therefore writes "
-            "`instance_group [ { count: 1 } ]` (kind left to Triton, so the same file stays valid for the NGC "
-            "image's native backend: one instance per GPU there); the untuned row above removes it to show "
-            "Triton's default, measured in the same run.",
-            ""]
+    ratio = md1_percentile(0.7, 1.0, 99) / md1_percentile(0.7, 1.0, 50)  # scale-free: service time 1
+    fp32, hf = _best(results, "OpenVINO FP32") or _best(results, FP32), results.get("hf")
+    measured = (f" Here the best served FP32 variant reaches {fp32['pairs_per_s'] / hf['questions_per_s']:.2f}x the "
+                "pipeline." if fp32 and hf else "")
+    return ["", "## Retired targets", "",
+            "- **Served FP32 / HF pipeline >= 1.8x**: FP32 is at the CPU's physical limit. The pipeline's PyTorch "
+            "FP32 already runs BERT's matmuls near the dense FP32 GEMM peak measured above (the FLOP-utilisation row), "
+            "so no FP32 serving stack can be 1.8x faster on the same checkpoint; the speed-up has to come from reduced "
+            "precision (BF16, INT8), which the `>= 8x` target now measures with the bert-99 accuracy rule attached."
+            + measured,
+            f"- **p99 / p50 <= 1.5 at 70 % load (Server scenario)**: with Poisson arrivals even an ideal server with a "
+            f"constant service time (M/D/1) has p99 / p50 = {ratio:.1f} at 70 % utilisation (`benchmarks/queueing.py`): "
+            "the target measured the arrival process, not the server. It is replaced by MLPerf's own form: the highest "
+            "Poisson rate whose p99 stays within 130 ms, next to what an M/D/1 queue with the measured service time allows."]
 
 
 def write_report(results: dict, output: Path) -> list[Path]:
     output = Path(output)
-    png = output.with_suffix(".png")
-    plot(results, png)
     output.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(results, output.with_suffix(".png"))
     output.write_text(markdown(results, png.name), encoding="utf-8")
     return [output, png]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 
 from benchmarks import report
+from benchmarks.report import targets
 from benchmarks.flops import BertShape, flops_per_sequence, model_flop_utilisation
 from benchmarks.models import read_parameter, with_instance_count, with_parameter, without_dynamic_batching
 
@@ -50,98 +50,95 @@ def test_config_edits():
     assert group.count == 1 and "KIND" not in with_instance_count(bert, 1)
 
 
-def _m(system, shape, pairs, workload="fixed-384", concurrency=None, latency=None, rate=None, server=()):
-    return {"system": system, "shape": shape, "workload": workload, "pairs_per_s": pairs, "windows_per_s": pairs,
-            "detail": f"concurrency {concurrency}" if concurrency else "batches of 8 pairs",
-            "latency_ms": latency or {}, "concurrency": concurrency, "rate": rate, "stable": True if concurrency else None,
-            "server": list(server), "extra": {}}
+def _m(system, pairs, concurrency=None, latency=None, rate=None):
+    return {"system": system, "shape": "checkpoint", "workload": "SQuAD dev", "pairs_per_s": pairs, "windows_per_s": pairs,
+            "detail": f"concurrency {concurrency}" if concurrency else f"rate {rate}", "latency_ms": latency or {},
+            "concurrency": concurrency, "rate": rate, "stable": True, "server": [], "extra": {}}
 
 
 def synthetic_results() -> dict:
-    lat = {"avg": 100.0, "p50": 90.0, "p90": 120.0, "p99": 130.0}
-    row = {"name": "bert_onnx", "requests": 10, "failures": 0, "executions": 5, "inferences": 10, "avg_batch": 2.0,
-           "request_us": 1e5, "queue_us": 1e4, "compute_input_us": 10.0, "compute_infer_us": 9e4, "compute_output_us": 5.0}
-    shape = BERT_BASE.__dict__
-    ms = [
-        _m("in-process reference (FP32)", "bert-base", 1.0),
-        _m("in-process reference (INT8)", "bert-base", 2.5),
-        _m("HF pipeline (PyTorch FP32)", "bert-base", 0.5),
-        _m("Triton bert_qa (FP32) gRPC", "bert-base", 0.97, concurrency=16, latency=lat, server=[row]),
-        _m("Triton bert_qa_int8 (INT8) gRPC", "bert-base", 2.2, concurrency=16, latency=lat),
-        _m("Triton bert_qa, dynamic batching off gRPC", "bert-base", 0.6, concurrency=16, latency=lat),
-        _m("Triton bert_qa, Triton default instances (untuned) gRPC", "bert-base", 0.8, concurrency=16, latency=lat),
-        _m("Triton bert_qa (FP32), Server scenario gRPC", "bert-base", 0.68, latency=lat, rate=0.68),
-        _m("Triton bert_qa, buckets gRPC", "bert-base", 3.0, workload="squad-like mix", concurrency=16, latency=lat),
-        _m("Triton bert_qa, padded to 384 gRPC", "bert-base", 1.2, workload="squad-like mix", concurrency=16, latency=lat),
-    ]
+    lat = {"avg": 100.0, "p50": 90.0, "p90": 120.0, "p99": 125.0}
+    speeds = {"ORT FP32": (10.0, 9.0), "OpenVINO FP32": (11.0, 10.9), "OpenVINO BF16": (20.0, 19.5),
+              "OpenVINO INT8": (40.0, 39.0)}
+    f1 = {"ORT FP32": 80.0, "OpenVINO FP32": 80.0, "OpenVINO BF16": 79.6, "OpenVINO INT8": 78.0}
+    ms = []
+    for key, (c1, c4) in speeds.items():
+        ms += [_m(f"Triton bert_qa_x ({key}) HTTP", c1, 1, lat), _m(f"Triton bert_qa_x ({key}) HTTP", c4, 4, lat)]
+    ms.append(_m("Triton bert_qa_x (OpenVINO BF16) HTTP, Server scenario", 8.0, rate=8.0, latency=lat))
     return {
-        "profile": "synthetic", "elapsed_s": 60.0, "command": "make bench",
-        "machine": {"cpu": "Test CPU", "cpu_flags": "avx2", "logical_cpus": 2, "physical_cores": 2, "memory_gib": 8,
-                    "os": "Linux", "python": "3.11", "tritonserver": "2.51.0", "versions": {"onnxruntime": "1.x"}},
-        "gemm": {"results": [{"engine": "numpy", "m": 8, "k": 8, "n": 8, "gflops": 80.0}],
-                 "best": {"engine": "numpy", "m": 8, "k": 8, "n": 8, "gflops": 80.0}, "peak_gflops": 80.0},
-        "shapes": {"bert-base": {"title": "BERT-base shape", "shape": shape, "export_fp32_s": 10.0, "export_int8_s": 20.0,
-                                 "flops_per_sequence": flops_per_sequence(BERT_BASE, 384),
-                                 "int8_export_report": {"size_bytes": 1e8, "fp32_size_bytes": 4e8, "speedup": 2.1,
-                                                        "eval_questions": 40, "fp32_f1": 80.0, "int8_f1": 79.5,
-                                                        "f1_retained": 79.5 / 80.0}}},
+        "profile": "synthetic", "elapsed_s": 60.0, "command": "make bench", "checkpoint": "demo_model",
+        "data": {"source": "SQuAD v1.1 dev: every 26th question, 400 questions", "questions": 400},
+        "machine": {"cpu": "Test CPU", "memory": "8 GiB"},
+        "gemm": {"results": [], "best": {"gflops": 80.0}, "peak_gflops": 80.0},
+        "inprocess": {k: {"exact_match": f1[k] - 10, "f1": f1[k], "questions_per_s": speeds[k][0] * 1.02, "questions": 400,
+                          "identical_to_fp32": 390} for k in speeds},
+        "hf": {"questions_per_s": 2.0, "questions": 100, "f1": 80.1, "exact_match": 70.0, "detail": "torch 2.13"},
+        "exports": {k: {"seconds": 5.0, "config": 'parameters { key: "NUM_STREAMS" value { string_value: "1" } }'}
+                    for k in speeds},
+        "default": "OpenVINO BF16",
         "measurements": ms,
-        "checks": {"bert-base": {"server_scenario_basis": {"max_pairs_per_s": 0.97, "system": "Triton bert_qa (FP32) gRPC",
-                                                          "concurrency": 16, "rate": 0.68},
-                                 "served_bucket_answers": {"identical": 16, "pairs": 16},
-                                 "inprocess_bucket_answers": {"identical": 16, "pairs": 16, "buckets": [128, 256, 384]}}},
+        "checks": {
+            "bert_base": {"sequences_per_s": 1.0, "gflop_per_sequence": 70.0, "detail": "10 s"},
+            "server_scenario": {"variant": "OpenVINO BF16", "service_ms": 50.0, "md1_rate": 10.0, "best_rate": 8.0,
+                                "points": [{"rate": 8.0, "fraction": 0.4, "achieved": 8.0, "p50_ms": 90.0, "p99_ms": 125.0,
+                                            "met": True}]},
+            "perf_analyzer": {"variant": "OpenVINO BF16", "command": "perf_analyzer -m bert_qa_x",
+                              "rows": [{"concurrency": 1, "throughput": 20.0, "p50_ms": 50.0, "p99_ms": 60.0,
+                                        "bench_throughput": 19.0, "bench_p50_ms": 52.0, "bench_p99_ms": 61.0}]},
+            "length_buckets": {"buckets": "128,256,384", "served": {"buckets": 30.0, "padded to 384": 20.0},
+                               "flops": {"buckets": 2e12, "padded to 384": 3e12, "exact": 1.5e12}, "pairs": 200,
+                               "concurrency": 16},
+        },
     }
 
 
 def test_targets_on_synthetic_results():
-    rows = {t["target"]: t for t in report.targets(synthetic_results())}
-    assert rows["served FP32 / in-process FP32 at saturation (BERT-base)"]["measured"] == pytest.approx(0.97)
-    assert rows["served FP32 / in-process FP32 at saturation (BERT-base)"]["met"]
-    assert rows["served INT8 / served FP32 (BERT-base)"]["measured"] == pytest.approx(2.2 / 0.97)
-    assert rows["served FP32 / HF pipeline (BERT-base)"]["met"]  # 1.94 >= 1.8
-    mfu = rows["model FLOP utilisation of served FP32 BERT-base / GEMM peak"]
-    assert mfu["measured"] == pytest.approx(0.97 * 70.66681344 / 80.0)
-    assert rows["dynamic batching on / off at concurrency 16 (BERT-base)"]["measured"] == pytest.approx(0.97 / 0.6)
-    p99 = rows["p99 / p50 <= 1.5 at 70 % of max throughput, Server scenario (BERT-base)"]
-    assert p99["measured"] == pytest.approx(130 / 90) and p99["met"]
-    assert rows["length buckets / padding to 384 on the SQuAD-like mix (BERT-base)"]["measured"] == pytest.approx(2.5)
-    assert rows["INT8 F1 / FP32 F1, exporter comparison (BERT-base)"]["met"]
+    rows = {t["target"]: t for t in targets(synthetic_results())}
+    # OpenVINO INT8 (40/s) is faster but keeps only 97.5 % of FP32's F1: the best eligible variant is BF16.
+    hf = rows["best served variant / HF pipeline, concurrency 1"]
+    assert hf["measured"] == pytest.approx(20.0 / 2.0) and hf["met"] and "OpenVINO BF16" in hf["basis"]
+    assert rows["served BF16 / served FP32 (OpenVINO, best concurrency each)"]["measured"] == pytest.approx(20.0 / 11.0)
+    assert rows["served / in-process, same engine (OpenVINO BF16)"]["measured"] == pytest.approx(1 / 1.02)
+    assert rows["FP32 model FLOP utilisation (BERT-base, ORT in-process) / GEMM peak"]["measured"] == pytest.approx(70 / 80)
+    assert not rows["FP32 model FLOP utilisation (BERT-base, ORT in-process) / GEMM peak"]["met"]
+    assert rows["no collapse: concurrency 4 / concurrency 1 (ORT FP32)"]["measured"] == pytest.approx(0.9)
+    assert not rows["no collapse: concurrency 4 / concurrency 1 (ORT FP32)"]["met"]
+    assert rows["no collapse: concurrency 4 / concurrency 1 (OpenVINO FP32)"]["met"]
+    assert rows["bertqa bench / perf_analyzer, concurrency 1 (OpenVINO BF16)"]["measured"] == pytest.approx(0.95)
+    scenario = rows["Server scenario: highest Poisson rate with p99 <= 130 ms / M/D/1 (OpenVINO BF16)"]
+    assert scenario["measured"] == pytest.approx(0.8) and scenario["met"] is None
 
 
 def test_report_writer(tmp_path):
     written = report.write_report(synthetic_results(), tmp_path / "BENCHMARKS.md")
     text = written[0].read_text()
     assert written[1].suffix == ".png" and written[1].stat().st_size > 1000
-    assert "Test CPU" in text and "## Targets" in text and "make bench" in text
-    assert "| Triton bert_qa (FP32) gRPC | concurrency 16 | 0.97 |" in text
-    assert "BENCHMARKS.png" in text
+    assert "Test CPU" in text and "## Targets" in text and "make bench" in text and "## Retired targets" in text
+    assert "CPU default by measurement: OpenVINO BF16" in text and "1.50x" in text  # buckets / padded served
     assert "nan" not in text.lower().replace("nano", "")
+
+
+def test_md1_queue_bound():
+    from benchmarks.queueing import md1_max_rate, md1_p99
+
+    assert md1_p99(5.0, 0.1) > 0.1 and md1_p99(10.0, 0.1) == float("inf")
+    rate = md1_max_rate(0.025, 0.130)
+    assert 0.5 / 0.025 < rate < 1 / 0.025 and md1_p99(rate, 0.025) <= 0.130 < md1_p99(rate * 1.05, 0.025)
+    assert md1_max_rate(0.2, 0.130) == 0.0
 
 
 @pytest.mark.slow
 def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     from rich.console import Console
 
-    from benchmarks.measure import ServedSettings
-    from benchmarks.models import ShapeSpec
-    from benchmarks.run import Profile, Run, ShapePlan
+    from benchmarks.run import PROFILES, Run
+    from export_helpers import write_hf_checkpoint
 
-    settings = ServedSettings(window_s=0.5, warmup_s=0.2, max_trials=3)
-    plan = ShapePlan("tiny", fixed_pairs=4, inproc_batches=(1, 4), inproc_seconds=0.3, hf_seconds=0.3, http=(2,), grpc=(2,),
-                     int8=(2,), served=settings, full=True)
-    profile = Profile("test", (plan,), gemm_seconds=0.01, mix_pairs=8, server_window_s=0.5, dynamic_concurrency=2)
-    spec = {"tiny": ShapeSpec("tiny", "tiny random model", 2, 64, 2, 128)}
-    results = Run(profile, tmp_path / "work", Console(quiet=True), shapes_spec=spec).execute()
-    systems = {m["system"] for m in results["measurements"]}
-    assert {"in-process reference (FP32)", "HF pipeline (PyTorch FP32)", "Triton bert_qa (FP32) HTTP",
-            "Triton bert_qa_int8 (INT8) gRPC", "Triton bert_qa, dynamic batching off gRPC"} <= systems
-    assert all(m["pairs_per_s"] > 0 for m in results["measurements"])
-    assert all(m["extra"].get("errors", 0) == 0 for m in results["measurements"])
-    checks = results["checks"]["tiny"]
-    assert checks["served_bucket_answers"]["identical"] == checks["served_bucket_answers"]["pairs"] == 8
-    from bertqa.export.repository import parse_config
-
-    assert [g.count for g in parse_config(results["shapes"]["tiny"]["bert_config"], "x").instance_group] == [1]
+    checkpoint, _ = write_hf_checkpoint(tmp_path / "tiny", seed=3)
+    results = Run(PROFILES["smoke"], tmp_path / "work", Console(quiet=True), checkpoint).execute()
+    assert set(results["inprocess"]) == {"ORT FP32", "ORT INT8", "OpenVINO FP32", "OpenVINO BF16", "OpenVINO INT8"}
+    assert all(m["pairs_per_s"] > 0 and m["extra"].get("errors", 0) == 0 for m in results["measurements"])
+    assert results["default"] in results["inprocess"]
+    assert results["checks"]["perf_analyzer"]["rows"] and results["checks"]["length_buckets"]["served"]["buckets"] > 0
     written = report.write_report(results, tmp_path / "BENCHMARKS.md")
-    assert "tiny" in written[0].read_text()
-    assert math.isfinite(results["gemm"]["peak_gflops"])
+    assert "## Targets" in written[0].read_text()

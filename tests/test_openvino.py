@@ -151,6 +151,22 @@ def test_failed_validation_writes_nothing(exported, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_install_from_repository_onnx_without_pytorch(tmp_path):
+    from bertqa.export.openvino import install_from_repository, main
+    from bertqa.export.pipeline import ExportOptions, export_to_repository
+
+    repository = copy_repository_configs(tmp_path / "model_repository")
+    assert main(["--repository", str(repository), "--precision", "int8"]) == 1  # no ONNX model yet: a clear error
+    assert not (repository / "bert_openvino_int8").exists()
+    folder, _ = write_hf_checkpoint(tmp_path / "hf", seed=7)
+    export_to_repository(ExportOptions(checkpoint=folder, repository=repository))
+    model_dir = install_from_repository(repository, "int8", max_eval=4)
+    assert (model_dir / "1" / "model.xml").is_file() and (repository / "bert_qa_openvino_int8" / "config.pbtxt").is_file()
+    assert json.loads((model_dir / "1" / "export.json").read_text())["report"]["calibration_windows"] > 0
+    assert main(["--repository", str(repository), "--precision", "int8", "--if-missing"]) == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Served by the embedded openvino backend
 
