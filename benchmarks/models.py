@@ -212,9 +212,11 @@ def add_variants(repository: Path, *, no_batching: bool = True, pad384: bool = T
 
 
 def pad_variant(repository: Path, ensemble: str, name: str) -> str:
-    """Ensemble ``name``: ``ensemble`` with every window padded to qa_preprocess's max_seq_len (no buckets)."""
-    max_seq = read_parameter((repository / "qa_preprocess" / "config.pbtxt").read_text(), "max_seq_len") or "384"
-    if not (repository / "qa_preprocess_pad").exists():
-        clone_model(repository, "qa_preprocess", "qa_preprocess_pad", lambda t: with_parameter(t, "seq_len_buckets", max_seq))
-    clone_ensemble(repository, ensemble, name, {"qa_preprocess": "qa_preprocess_pad"})
+    """Ensemble ``name``: ``ensemble`` with every window padded to its pre-processing's max_seq_len (no buckets)."""
+    from bertqa.export.repository import parse_config
+
+    pre = parse_config((repository / ensemble / "config.pbtxt").read_text(), ensemble).ensemble_scheduling.step[0].model_name
+    max_seq = read_parameter((repository / pre / "config.pbtxt").read_text(), "max_seq_len") or "384"
+    clone_model(repository, pre, f"{pre}_pad", lambda t: with_parameter(t, "seq_len_buckets", max_seq))
+    clone_ensemble(repository, ensemble, name, {pre: f"{pre}_pad"})
     return name

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from bertqa.files import file_digest
 from bertqa.openvino_runtime import OpenVinoParameters, OpenVinoSession, chunk_rows
 from bertqa.squad import QAExample
 from bertqa.text import WindowingConfig
@@ -301,34 +302,39 @@ def ir_io(model_xml: Path):
 def install_from_repository(repository: str | Path, precision: str, *, source_model: str = SOURCE_MODEL,
                             calibration: str | Path | None = None, max_eval: int | None = 100,
                             log: Callable[[str], None] | None = None) -> Path:
-    """``<repository>/bert_openvino[_<precision>]`` from ``<source_model>/1/model.onnx`` already in the repository.
+    """``<repository>/bert_openvino[_<precision>]`` (+ its pre-processing and ensemble) from ``<source_model>``'s ONNX.
 
     Needs only OpenVINO (and NNCF for INT8): the reference logits are ONNX Runtime's of that ONNX
-    file, which was itself validated against PyTorch when it was exported. Staged and swapped in
-    like ``bertqa export``: a failed conversion leaves the repository as it was.
+    file, which was itself validated against PyTorch when it was exported. The variant gets the
+    source variant's tokenizer and windowing. Staged and swapped in like ``bertqa export``: a failed
+    conversion leaves the repository as it was.
     """
     import onnxruntime as ort
+    from google.protobuf import json_format
 
     from bertqa.export import repository as repo
-    from bertqa.export.evaluation import read_examples, serving_windowing
-    from bertqa.export.onnx import INPUT_NAMES, validation_batches, validation_windowing
+    from bertqa.export.evaluation import read_examples
+    from bertqa.export.onnx import INPUT_NAMES, validation_batches
     from bertqa.export.quantize import calibration_batches
     from bertqa.squad import dev_slice_path
+    from bertqa.triton.params import PreprocessParameters, parse_parameters
 
     repository = Path(repository)
+    source = next(v for v in repo.VARIANTS.values() if v.model_name == source_model)
     onnx_file = repository / source_model / "1" / "model.onnx"
-    tokenizer_file = repo.tokenizer_path(repository)
-    if not onnx_file.is_file() or not tokenizer_file.is_file():
-        raise FileNotFoundError(f"{onnx_file} and {tokenizer_file} are needed (run `bertqa install-demo` first)")
-    seq_len = int(repo.read_parameter(repository, repo.TOKENIZER_MODEL, "max_seq_len") or 384)
-    buckets = repo.read_parameter(repository, repo.TOKENIZER_MODEL, "seq_len_buckets")
+    tokenizer_file = repository / source.preprocess_name / "1" / repo.TOKENIZER_FILE
+    pre_config = repository / source.preprocess_name / "config.pbtxt"
+    if not (onnx_file.is_file() and tokenizer_file.is_file() and pre_config.is_file()):
+        raise FileNotFoundError(f"{onnx_file}, {tokenizer_file} and {pre_config} are needed "
+                                f"(run `bertqa install-demo` or `bertqa export --format onnx` first)")
+    config = json_format.MessageToDict(repo.parse_config(pre_config.read_text(encoding="utf-8"), str(pre_config)),
+                                       preserving_proto_field_name=True)
+    windowing = parse_parameters(config, PreprocessParameters).windowing()
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    batches = validation_batches(tokenizer_file, None, validation_windowing(seq_len, seq_len))
     reference = []
-    for batch in batches:
+    for batch in validation_batches(tokenizer_file, None, windowing):
         feeds = {n: getattr(batch, n) for n in INPUT_NAMES}
         reference.append((feeds, tuple(session.run(["start_logits", "end_logits"], feeds))))
-    windowing = serving_windowing(seq_len)
     calibration_feeds = []
     if precision == "int8":
         examples = read_examples(calibration or dev_slice_path())
@@ -338,23 +344,22 @@ def install_from_repository(repository: str | Path, precision: str, *, source_mo
     eval_examples = read_examples(dev_slice_path(), require_answers=True)[:max_eval] if max_eval else []
     variant = repo.variant_for("openvino", precision=precision)
     parameters = runtime_parameters(precision)
-    with repo.StagedModel(repository, variant.model_name) as staged:
-        report = export_openvino(onnx_file, staged.version_dir, precision=precision, reference_batches=reference,
+    with repo.StagedExport(repository) as staged:
+        version_dir = staged.version_dir(variant.model_name)
+        report = export_openvino(onnx_file, version_dir, precision=precision, reference_batches=reference,
                                  tokenizer_file=tokenizer_file, windowing=windowing, calibration_feeds=calibration_feeds,
                                  eval_examples=eval_examples, parameters=parameters, log=log)
-        inputs, outputs = ir_io(staged.version_dir / MODEL_FILE)
-        staged.write_config(openvino_model_config(
-            variant.model_name, inputs, outputs, parameters,
-            warmup_lengths=tuple(int(b) for b in buckets.split(",")) if buckets else (seq_len,)))
-        repo.write_metadata(staged.version_dir, {"source": str(onnx_file), "source_sha256": repo.sha256_file(onnx_file),
-                                                 "format": "openvino", "precision": precision,
-                                                 "tokenizer_sha256": repo.sha256_file(tokenizer_file),
-                                                 "report": {**report.__dict__, "f1_retained": report.f1_retained}})
-        model_dir = staged.commit()
-    repo.install_ensemble(repository, variant)
+        inputs, outputs = ir_io(version_dir / MODEL_FILE)
+        repo.write_model_folder(staged.folder(variant.model_name), openvino_model_config(
+            variant.model_name, inputs, outputs, parameters, warmup_lengths=tuple(windowing.seq_len_buckets)))
+        repo.write_metadata(version_dir, {"source": str(onnx_file), "source_sha256": file_digest(onnx_file),
+                                          "format": "openvino", "precision": precision,
+                                          "report": {**report.__dict__, "f1_retained": report.f1_retained}})
+        repo.stage_pipeline(staged, variant, windowing, tokenizer_file)
+        installed = staged.commit()
     if log:
         log(report.summary())
-    return model_dir
+    return installed[variant.model_name]
 
 
 def _installed_from_current_onnx(repository: Path, model_name: str) -> bool:
@@ -371,7 +376,7 @@ def _installed_from_current_onnx(repository: Path, model_name: str) -> bool:
         recorded = json.loads(meta.read_text(encoding="utf-8")).get("source_sha256")
     except (OSError, ValueError):
         return False
-    return recorded == repo.sha256_file(source)
+    return recorded == file_digest(source)
 
 
 def main(argv=None) -> int:
