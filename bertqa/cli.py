@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import time
@@ -21,7 +22,9 @@ def _env_int(name: str, default: int) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from bertqa.server import ADMIN_KEY_ENV, EmbeddedServer, ServerError
+    from bertqa.supervisor import front_config, health_config
 
+    logging.basicConfig(level=logging.INFO, format="[bertqa-supervisor] %(message)s")
     try:
         server = EmbeddedServer(
             repository=args.repository,
@@ -31,6 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             log_verbose=args.log_verbose,
             startup_timeout_s=args.startup_timeout,
+            front=front_config(args),
+            health=health_config(args, startup_timeout_s=args.startup_timeout),
         )
     except ServerError as err:
         console.print(f"[red]error:[/red] {err}")
@@ -110,6 +115,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from bertqa.client.qa_client import PROTOCOLS
     from bertqa.server import DEFAULT_HOST, DEFAULT_REPOSITORY
+    from bertqa.supervisor import add_front_options
 
     parser = argparse.ArgumentParser(prog="bertqa", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    add_front_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     demo = commands.add_parser("install-demo", help="copy the bundled demo model into the repository")

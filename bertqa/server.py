@@ -4,6 +4,9 @@ It assembles a backend directory (Triton's Python backend, the stub for the runn
 and the project's Python-based `onnxruntime` backend), shows the stub this virtualenv's packages,
 loads only the models whose files exist, waits for readiness and stops cleanly.
 
+Clients reach it through the HTTP front and supervisor (bertqa.front, bertqa.supervisor): Triton's
+own HTTP port listens on loopback for the front only.
+
 Closed by default, like the compose deployment: it listens on 127.0.0.1 unless told otherwise, and
 the model-repository, shared-memory, trace and logging APIs need the header ``admin-key`` (the
 ``TRITON_ADMIN_KEY`` environment variable, else a random key per start that only this process knows).
@@ -11,7 +14,6 @@ the model-repository, shared-memory, trace and logging APIs need the header ``ad
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import secrets
@@ -22,14 +24,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
-import urllib.error
-import urllib.request
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertqa.front import FrontConfig
 from bertqa.paths import PROJECT_ROOT
 from bertqa.repository import plan_loading
+from bertqa.supervisor import HealthConfig, Supervisor
 
 DEFAULT_REPOSITORY = PROJECT_ROOT / "model_repository"
 DEFAULT_HOST = "127.0.0.1"
@@ -154,7 +156,8 @@ def client_host(host: str) -> str:
 
 @dataclass
 class EmbeddedServer:
-    """Starts tritonserver over a repository; use as a context manager or call start()/stop()."""
+    """tritonserver over a repository behind the HTTP front, supervised (bertqa.supervisor): restarted
+    if it dies, models reloaded when the canary fails. A context manager, or start()/stop()."""
 
     repository: Path = DEFAULT_REPOSITORY
     http_port: int = 8000
@@ -166,16 +169,20 @@ class EmbeddedServer:
     log_file: Path | None = None
     startup_timeout_s: float = 120.0
     admin_key: str = field(default_factory=admin_key_from_env, repr=False)
+    front: FrontConfig = field(default_factory=FrontConfig)
+    health: HealthConfig | None = None  # default: HealthConfig with startup_timeout_s
 
     loaded: list[str] = field(init=False, default_factory=list)
     skipped: dict[str, str] = field(init=False, default_factory=dict)
-    _process: subprocess.Popen | None = field(init=False, default=None)
+    supervisor: Supervisor | None = field(init=False, default=None)
+    _thread: threading.Thread | None = field(init=False, default=None)
     _workdir: tempfile.TemporaryDirectory | None = field(init=False, default=None)
     _log: object | None = field(init=False, default=None)
     _stop_requested: bool = field(init=False, default=False)
 
     @property
     def http_url(self) -> str:
+        """The public HTTP endpoint (the front)."""
         return f"{client_host(self.host)}:{self.http_port}"
 
     @property
@@ -186,21 +193,29 @@ class EmbeddedServer:
     def metrics_url(self) -> str:
         return f"http://{client_host(self.host)}:{self.metrics_port}/metrics"
 
-    def command(self, repository_view: Path, backends: Path, binary: Path) -> list[str]:
+    @property
+    def triton_pid(self) -> int | None:
+        """The running tritonserver's process id (it changes when the supervisor restarts it)."""
+        process = self.supervisor.process if self.supervisor else None
+        return process.pid if process is not None and process.poll() is None else None
+
+    def command(self, repository_view: Path, backends: Path, binary: Path, triton_http_port: int) -> list[str]:
         return [
             str(binary),
             f"--model-repository={repository_view}",
             f"--backend-directory={backends}",
-            f"--http-port={self.http_port}",
-            f"--grpc-port={self.grpc_port}",
-            f"--metrics-port={self.metrics_port}",
-            f"--http-address={self.host}",
+            # Triton's own HTTP endpoint is for the front only (its parser crashes on some bodies).
+            "--http-address=127.0.0.1",
+            f"--http-port={triton_http_port}",
             f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
             "--allow-gpu-metrics=false",
             f"--log-verbose={self.log_verbose}",
             # Explicit model control, as in compose: /v2/health/ready means "every loaded model is
-            # ready", and an unhealthy model can be reloaded through the (admin-only) repository API.
+            # ready", and the supervisor reloads an unhealthy model through the (admin-only) repository API.
             "--model-control-mode=explicit",
             "--strict-readiness=true",
             *[f"--load-model={name}" for name in self.loaded],
@@ -222,9 +237,9 @@ class EmbeddedServer:
 
     def check_ports_free(self) -> None:
         """Another server on our port would answer our readiness probe; refuse to start instead."""
-        address = "" if self.host in ("0.0.0.0", "::") else self.host
+        address = "" if self.host in _WILDCARD_HOSTS else self.host
         for label, port in (("HTTP", self.http_port), ("gRPC", self.grpc_port), ("metrics", self.metrics_port)):
-            with socket.socket() as probe:
+            with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((address, port))
@@ -237,8 +252,7 @@ class EmbeddedServer:
     def start(self) -> "EmbeddedServer":
         repository = Path(self.repository).resolve()
         self.loaded, self.skipped = plan_loading(repository)
-        bert_models = [n for n in self.loaded if n.startswith("bert_qa")]
-        if not bert_models:
+        if not any(n.startswith("bert_qa") for n in self.loaded):
             reasons = "; ".join(f"{k}: {v}" for k, v in self.skipped.items())
             raise ServerError(
                 f"no question-answering model in {repository} has its files ({reasons}). "
@@ -254,13 +268,15 @@ class EmbeddedServer:
         backends = build_backend_directory(install, work / "backends")
         view = build_repository_view(repository, self.loaded, work / "models")
         self._log = open(self.log_file, "ab") if self.log_file else None  # closed by stop()
-        self._process = subprocess.Popen(
-            self.command(view, backends, install.binary),
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT if self._log else None,
-            start_new_session=True,  # Ctrl-C reaches us; we forward it once, in order
+        (triton_http_port,) = free_ports(1)
+        self.supervisor = Supervisor(
+            self.command(view, backends, install.binary, triton_http_port),
+            triton_http=f"127.0.0.1:{triton_http_port}", listen_host=self.host, listen_port=self.http_port,
+            admin_key=self.admin_key, env=env, output=self._log, front=self.front,
+            health=self.health or HealthConfig(startup_timeout_s=self.startup_timeout_s),
         )
+        self._thread = threading.Thread(target=self.supervisor.run, name="bertqa-supervisor", daemon=True)
+        self._thread.start()
         try:
             self._wait_ready()
         except BaseException:
@@ -269,32 +285,18 @@ class EmbeddedServer:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                if self._stop_requested:
-                    raise KeyboardInterrupt("stopped while starting")
+        while not self.supervisor.ready.wait(0.1):
+            if self._stop_requested:
+                raise KeyboardInterrupt("stopped while starting")
+            if not self._thread.is_alive():
                 hint = f" (log: {self.log_file})" if self.log_file else " (see its log above)"
-                raise ServerError(f"tritonserver exited with code {self._process.returncode}{hint}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200 and self._process.poll() is None:
-                        return
-            time.sleep(0.25)
-        raise ServerError(f"tritonserver not ready after {self.startup_timeout_s:.0f} s")
+                raise ServerError(f"{self.supervisor.failure or 'the supervisor stopped'}{hint}")
 
-    def wait(self) -> int:
-        return self._process.wait() if self._process else 0
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self._process and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self._thread is not None:
+            self.supervisor.request_stop()
+            self._thread.join(timeout_s)
+            self._thread = None
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
@@ -309,17 +311,19 @@ class EmbeddedServer:
         self.stop()
 
     def forward_signals(self) -> None:
-        """SIGINT/SIGTERM ask tritonserver to stop gracefully (once) instead of killing this process."""
+        """SIGINT/SIGTERM stop the server gracefully (once) instead of killing this process."""
         def forward(signum, _frame):
             self._stop_requested = True
-            if self._process and self._process.poll() is None:
-                self._process.send_signal(signal.SIGTERM)
+            if self.supervisor is not None:
+                self.supervisor.request_stop()
 
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)
 
     def serve_forever(self) -> int:
-        """Blocks until tritonserver exits (see forward_signals) and cleans up."""
-        code = self.wait()
+        """Blocks until a stop is requested (see forward_signals), then cleans up; 0 after a requested stop."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)  # short waits: signal handlers run in this thread
+        failure = self.supervisor.failure if self.supervisor else None
         self.stop()
-        return code
+        return 1 if failure and not self._stop_requested else 0

@@ -20,18 +20,22 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 # The Python backend stub embeds the image's system python3 (3.10 in 24.10), so the packages go
 # there. numpy < 2: with numpy 2 the 24.10 stub rejects BYTES outputs. tritonclient[grpc] brings
-# the ModelConfig protobuf that bertqa.repository uses to decide which models can load.
+# the ModelConfig protobuf that bertqa.repository uses to decide which models can load; aiohttp and
+# psutil run the supervisor (HTTP front, restarts, self-healing) that the entrypoint starts.
 # onnxruntime is not installed: the image's native onnxruntime backend runs bert_onnx.
 RUN python3 -m pip install \
         "numpy>=1.24,<2" \
         "tokenizers>=0.20,<0.23" \
         "protobuf" \
-        "tritonclient[grpc]==2.51.0"
+        "tritonclient[grpc]==2.51.0" \
+        "aiohttp>=3.9,<4" \
+        "psutil>=5.9"
 
 COPY --from=wheel /wheels /tmp/wheels
 # Smoke test: bertqa.text needs numpy/tokenizers, bertqa.repository needs the protobufs.
 RUN python3 -m pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
-    && python3 -c "import numpy, bertqa.text, bertqa.repository; assert int(numpy.__version__.split('.')[0]) < 2"
+    && python3 -c "import numpy, bertqa.text, bertqa.repository, bertqa.supervisor, bertqa.canary; assert int(numpy.__version__.split('.')[0]) < 2" \
+    && command -v bertqa-supervisor
 
 COPY docker/triton/select_models.py /opt/bertqa/bin/select_models.py
 COPY --chmod=755 docker/triton/entrypoint.sh /opt/bertqa/bin/bertqa-triton

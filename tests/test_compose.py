@@ -303,7 +303,7 @@ def test_triton_service_is_production_ready(compose):
     factor = {"k": 2**10, "m": 2**20, "g": 2**30}.get(size[-1], 1)
     assert int(size.rstrip("kmgb")) * factor >= 2**30, "the Python backend needs a large /dev/shm"
     test = " ".join(map(str, triton["healthcheck"]["test"]))
-    assert "localhost:8000/v2/health/ready" in test
+    assert test == "CMD python3 -m bertqa.canary --url http://127.0.0.1:8000 --timeout 5", "the canary, not readiness alone"
     assert triton["restart"] in ("unless-stopped", "always")
     assert ("./model_repository", "/models") in [(s, t) for s, t in bind_mounts(triton)]
     assert any(v.endswith(":/models:ro") for v in triton["volumes"]), "Triton only reads the repository"
@@ -371,8 +371,20 @@ def _calls(log: Path) -> list[list[str]]:
     return [block.splitlines() for block in log.read_text().split("\n\n") if block.strip()]
 
 
+_FAKE_SUPERVISOR = """#!/usr/bin/env bash
+# Records its arguments like the other fakes, then runs the command after `--` (the real one serves
+# the HTTP front and supervises it; tests of that start a real tritonserver).
+{ echo "bertqa-supervisor"; printf "%s\\n" "$@"; echo; } >> "$FAKE_LOG"
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done
+shift
+exec "$@"
+"""
+
+
 def _run(script: Path, tmp_path: Path, env: dict[str, str], args: tuple = ()) -> subprocess.CompletedProcess:
     bindir = tmp_path / "bin"
+    if bindir.is_dir() and not (bindir / "bertqa-supervisor").exists():
+        _write_executable(bindir / "bertqa-supervisor", _FAKE_SUPERVISOR)
     base = {
         # Fakes first, then this interpreter (python3 with bertqa importable), then the system.
         "PATH": f"{bindir}:{Path(sys.executable).parent}:/usr/bin:/bin",
@@ -416,6 +428,12 @@ def fake_tritonserver(tmp_path) -> Path:
     return _fake_command(tmp_path / "bin", "tritonserver")
 
 
+def _supervisor_options(tmp_path: Path) -> list[str]:
+    """The options the entrypoint gave bertqa-supervisor (before `--`)."""
+    (call,) = [c for c in _calls(tmp_path / "calls.log") if c[0] == "bertqa-supervisor"]
+    return call[1:call.index("--")]
+
+
 def _tritonserver_args(tmp_path: Path) -> list[str]:
     (call,) = [c for c in _calls(tmp_path / "calls.log") if c[0] == "tritonserver"]
     return call[1:]
@@ -434,6 +452,9 @@ def test_triton_entrypoint_on_cpu_skips_tensorrt_and_unexported_models(tmp_path,
     assert "skipping bert_trt: TensorRT engine needs a GPU" in result.stderr
     assert "skipping bert_qa_trt" in result.stderr and "skipping bert_onnx_int8: missing" in result.stderr
     assert "--allow-gpu-metrics=false" in args
+    calls = _calls(tmp_path / "calls.log")
+    assert [c[0] for c in calls] == ["bertqa-supervisor", "tritonserver"], "tritonserver runs under the supervisor"
+    assert calls[0][calls[0].index("--") + 1:] == ["tritonserver", *args]
     for flag in ("--model-control-mode=explicit", "--strict-readiness=true", "--exit-on-error=true",
                  f"--model-repository={repository}", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"):
         assert flag in args
@@ -458,7 +479,7 @@ def test_triton_entrypoint_locks_admin_apis(tmp_path, fake_tritonserver):
         result = _run(TRITON_ENTRYPOINT, tmp_path, {**env, "TRITON_ADMIN_KEY": unusable})
         assert result.returncode == 2 and "TRITON_ADMIN_KEY must be" in result.stderr
     keys = []
-    for call in _calls(tmp_path / "calls.log"):
+    for call in [c for c in _calls(tmp_path / "calls.log") if c[0] == "tritonserver"]:
         http = [a for a in call if a.startswith("--http-restricted-api=")]
         grpc = [a for a in call if a.startswith("--grpc-restricted-protocol=")]
         assert len(http) == len(grpc) == 1
@@ -919,19 +940,25 @@ def live_triton(tmp_path_factory):
     result = _run(TRITON_ENTRYPOINT, work, {"TRITON_MODEL_REPOSITORY": str(repository), "BERTQA_GPU": "0",
                                              "TRITON_ADMIN_KEY": admin_key})
     assert result.returncode == 0, result.stderr
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, internal = free_ports(4)
     ports = {"--http-port": http, "--grpc-port": grpc, "--metrics-port": metrics}
-    args = [f"{a.split('=')[0]}={ports[a.split('=')[0]]}" if a.split("=")[0] in ports else a
+    loopback = {"--metrics-address": "127.0.0.1"}
+    args = [f"{a.split('=')[0]}={ports[a.split('=')[0]]}" if a.split("=")[0] in ports else
+            f"{a.split('=')[0]}={loopback[a.split('=')[0]]}" if a.split("=")[0] in loopback else a
             for a in _tritonserver_args(work)]
     args += [f"--backend-directory={backends}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1"]
     env = {
         **os.environ,
         "LD_LIBRARY_PATH": f"{install.libraries}:{os.environ.get('LD_LIBRARY_PATH', '')}",
         "BERTQA_SITE_PACKAGES": str(Path(numpy.__file__).resolve().parents[1]),
+        "TRITON_ADMIN_KEY": admin_key,
     }
+    # The real supervisor (what the image's entrypoint execs), with the options the entrypoint gave it.
+    supervisor = [sys.executable, "-m", "bertqa.supervisor", *_supervisor_options(work),
+                  f"--triton-http-port={internal}", "--", str(install.binary), *args]
     log = work / "tritonserver.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([str(install.binary), *args], stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(supervisor, stdout=sink, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{http}"
     try:
         deadline = time.monotonic() + 90

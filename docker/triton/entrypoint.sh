@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Starts tritonserver over the mounted repository with exactly the models that can load.
+# Starts tritonserver over the mounted repository with exactly the models that can load, behind
+# bertqa's supervisor (bertqa/supervisor.py, the same code as `bertqa serve`): the HTTP front owns
+# port 8000 (body cap, content-type normalisation, 400s for malformed requests, honest readiness) and
+# tritonserver's own HTTP endpoint moves to 127.0.0.1:8010; tritonserver is restarted if it dies and
+# a model whose canary fails is reloaded through the admin API. gRPC (8001) and metrics (8002) are
+# tritonserver's own.
 # Extra arguments are passed through to tritonserver (compose: `command: ["bertqa-triton", ...]`).
 #
 # Why explicit model control rather than --exit-on-error=false --strict-readiness=false:
@@ -29,6 +34,7 @@ if [ -z "${TRITON_ADMIN_KEY:-}" ]; then
     TRITON_ADMIN_KEY="$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
     log "TRITON_ADMIN_KEY not set: ${restricted} APIs are closed"
 fi
+export TRITON_ADMIN_KEY  # the supervisor reloads unhealthy models with it
 if [[ ! "$TRITON_ADMIN_KEY" =~ ^[A-Za-z0-9._~-]{16,}$ ]]; then
     # It travels inside a tritonserver flag whose syntax uses ',', ':' and '='.
     log "TRITON_ADMIN_KEY must be at least 16 characters of A-Z a-z 0-9 . _ ~ - (e.g. openssl rand -hex 32)"
@@ -43,6 +49,7 @@ args=(
     --http-port=8000
     --grpc-port=8001
     --metrics-port=8002
+    --metrics-address=0.0.0.0
     --allow-metrics=true
     --http-restricted-api="${restricted}:admin-key=${TRITON_ADMIN_KEY}"
     --grpc-restricted-protocol="${restricted}:admin-key=${TRITON_ADMIN_KEY}"
@@ -57,4 +64,4 @@ for model in "${models[@]}"; do
 done
 
 log "loading: ${models[*]}"
-exec tritonserver "${args[@]}" "$@"
+exec bertqa-supervisor --max-body-bytes="${BERTQA_MAX_BODY_BYTES:-8388608}" -- tritonserver "${args[@]}" "$@"
