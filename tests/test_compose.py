@@ -585,6 +585,14 @@ def test_export_if_missing_keeps_existing_files(tmp_path, export_env):
     assert _exported_formats(tmp_path) == ["onnx-int8"]
 
 
+def test_export_of_openvino_variants(tmp_path, export_env):
+    env = {**export_env, "CHECKPOINT": "x", "EXPORT_FORMATS": "openvino-int8,openvino"}
+    assert _run(tmp_path / "entrypoint.sh", tmp_path, env).returncode == 0
+    calls = [c for c in _calls(tmp_path / "calls.log") if c[:2] == ["bertqa", "export"]]
+    assert [(c[c.index("--format") + 1], c[c.index("--precision") + 1]) for c in calls] == [
+        ("openvino", "int8"), ("openvino", "fp32")]
+
+
 def test_check_tensorrt_compares_pip_and_library_versions(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("check_tensorrt", ROOT / "docker" / "export" / "check_tensorrt.py")
     module = importlib.util.module_from_spec(spec)

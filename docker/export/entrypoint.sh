@@ -53,7 +53,10 @@ for format in ${formats//,/ }; do
             # An engine from another TensorRT would be refused by Triton at load time.
             python3 "$(dirname "$(readlink -f "$0")")/check_tensorrt.py" --strict
             ;;
-        *) log "unknown export format '${format}' (onnx, onnx-int8, tensorrt)"; exit 2 ;;
+        openvino|openvino-bf16|openvino-int8)
+            precision="${format#openvino}"; precision="${precision#-}"
+            produced="bert_openvino${precision:+_$precision}/1/model.xml" ;;
+        *) log "unknown export format '${format}' (onnx, onnx-int8, tensorrt, openvino, openvino-bf16, openvino-int8)"; exit 2 ;;
     esac
     if [ "$mode" = "if-missing" ] && [ -f "$repository/$produced" ]; then
         log "${format}: ${produced} exists, skipped (EXPORT_MODE=if-missing)"
@@ -61,6 +64,10 @@ for format in ${formats//,/ }; do
     fi
     # onnx-int8 compares SQuAD F1 with FP32 on the dev slice shipped in the package (bertqa/data).
     log "${format}: exporting ${CHECKPOINT}"
-    bertqa export --checkpoint "$checkpoint_dir" --format "$format" --repository "$repository"
+    case "$format" in
+        openvino*) bertqa export --checkpoint "$checkpoint_dir" --format openvino --precision "${precision:-fp32}" \
+                       --repository "$repository" ;;
+        *) bertqa export --checkpoint "$checkpoint_dir" --format "$format" --repository "$repository" ;;
+    esac
 done
 log "done"
