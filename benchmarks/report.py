@@ -89,6 +89,12 @@ def targets(results: dict) -> list[dict]:
             "0.9-1.1", row["bench_throughput"] / row["throughput"],
             f"{row['bench_throughput']:.2f} vs {row['throughput']:.2f} questions/s; p50 {row['bench_p50_ms']:.0f} vs "
             f"{row['p50_ms']:.0f} ms", low=0.9, high=1.1)
+    full = results.get("full_dev")
+    if full and len(full["rows"]) > 1:
+        base, chosen = full["rows"][0], full["rows"][-1]
+        add(f"CPU default ({chosen['label']}): full-dev F1 / FP32 F1", ">= 0.99", chosen["f1"] / base["f1"],
+            f"F1 {chosen['f1']:.2f} vs {base['f1']:.2f} on all {chosen['questions']} SQuAD v1.1 dev questions, in-process",
+            low=0.99)
     if default:
         add(f"CPU default ({default}): sample F1 / FP32 F1", ">= 0.99", _f1_ratio(results, default),
             f"F1 {inproc[default]['f1']:.2f} vs {inproc[FP32]['f1']:.2f} on {inproc[default]['questions']} questions", low=0.99)
@@ -152,8 +158,14 @@ def markdown(results: dict, png_name: str) -> str:
     lines += ["", f"![throughput per variant]({png_name})", "", "## Variants: accuracy and speed", ""]
     default = results.get("default")
     lines += [f"**CPU default by measurement: {default}** — the fastest served variant whose F1 on this sample is at "
-              "least 99 % of FP32's (issue 13's rule; the full-dev F1 of the default is in docs/ACCURACY.md "
-              "and README)." if default else ""]
+              "least 99 % of FP32's (issue 13's rule)." if default else ""]
+    full = results.get("full_dev")
+    if full:
+        lines += ["", "Full SQuAD v1.1 dev set (all questions, in-process, one question at a time; "
+                  f"`python -m benchmarks.full_dev`, {full.get('note', 'same checkpoint')}):", ""]
+        lines += _table(["variant", "questions", "EM", "F1", "F1 / FP32"],
+                        [[row["label"], str(row["questions"]), _fmt(row["exact_match"]), _fmt(row["f1"]),
+                          f"{row['f1'] / full['rows'][0]['f1']:.2%}"] for row in full["rows"]])
     rows = []
     for key, row in inproc.items():
         single, best = _at(results, key, 1), _best(results, key)
@@ -263,3 +275,30 @@ def write_report(results: dict, output: Path) -> list[Path]:
     png = plot(results, output.with_suffix(".png"))
     output.write_text(markdown(results, png.name), encoding="utf-8")
     return [output, png]
+
+
+def main(argv=None) -> int:
+    """Rewrites the report from saved results (`benchmarks.run --json`), adding full-dev accuracy rows."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="the JSON `python -m benchmarks.run --json` wrote")
+    parser.add_argument("--full-dev", type=Path, default=None,
+                        help="`python -m benchmarks.full_dev` output; rows in order, FP32 first, the default last")
+    parser.add_argument("--labels", default=None, help="comma-separated labels of the full-dev rows (default: model names)")
+    parser.add_argument("--note", default="same checkpoint", help="where the full-dev figures come from")
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    if args.full_dev:
+        rows = list(json.loads(args.full_dev.read_text()).values())
+        labels = args.labels.split(",") if args.labels else [r["model"] for r in rows]
+        results["full_dev"] = {"note": args.note, "rows": [{**r, "label": label} for r, label in zip(rows, labels)]}
+    for path in write_report(results, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
