@@ -268,3 +268,20 @@ def test_mixed_http_grpc_soak_answers_each_request_exactly_once(server):
     with ThreadPoolExecutor(max_workers=6) as pool:
         sent = sum(pool.map(worker, range(6)))
     assert sent > 0 and len(answered) == sent and set(answered.values()) == {1}
+
+
+# --- gRPC: tritonserver's own port; its frontend does not share the HTTP parser's crash ------------------
+
+
+def test_large_grpc_message_is_refused_by_the_cap_and_the_server_stays_up(server):
+    pid = server.triton_pid
+    question = grpcclient.InferInput("question", [1, 1], "BYTES")
+    question.set_data_from_numpy(np.array([[QUESTION.encode()]], dtype=np.object_))
+    context = grpcclient.InferInput("context", [1, 1], "BYTES")
+    context.set_data_from_numpy(np.array([[b"a" * 6_000_000]], dtype=np.object_))
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        with pytest.raises(grpcclient.InferenceServerException) as raised:
+            client.infer("bert_qa", [question, context])
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "context[0] has 6,000,000 characters; the limit is 500,000" in raised.value.message()
+    assert_serving(server, pid)
