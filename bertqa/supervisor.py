@@ -220,7 +220,8 @@ class Supervisor:
         elif timed_out:
             # No error, no stopped process, nothing finished: one very long request looks the same
             # (a 64-pair batch of long contexts on a busy CPU), and reloading would fail it. Load, then.
-            log.warning("%s: canary timed out %d times in a row with no request finishing", model, failures)
+            (log.warning if failures >= 3 else log.info)(
+                "%s: canary timed out %d times in a row with no request finishing", model, failures)
         elif failures >= 2:
             await self._heal(model, reason, self._steps[model], reloads)
 
