@@ -224,6 +224,21 @@ def checkpoint_identity(checkpoint: Path) -> dict:
     return {"checkpoint": str(checkpoint), "weights": weights.name, "sha256": file_digest(weights)}
 
 
+def serving_fingerprint() -> str:
+    """A hash of what decides the served answers besides the weights: the committed model configs and the
+    serving code. Saved passes and the exported repository are kept only while it is unchanged."""
+    import hashlib
+
+    from bertqa.server import DEFAULT_REPOSITORY
+
+    package = Path(__file__).resolve().parents[1] / "bertqa"
+    files = sorted(DEFAULT_REPOSITORY.glob("*/config.pbtxt")) + sorted(package.glob("triton/*.py"))
+    digest = hashlib.sha256()
+    for path in [*files, package / "text.py"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def prepare_repository(checkpoint: Path, target: Path, identity: dict) -> Path:
     """``target``: the committed configs, FP32 and INT8 exports of ``checkpoint``. Reused while the checkpoint
     is the same (a stamp file records its hash), exported again otherwise."""
@@ -354,8 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.time()
     data, examples = dev_examples(args.data, args.limit)
     hf_questions = min(args.hf_questions, len(examples))
-    identity = checkpoint_identity(args.checkpoint.resolve())
-    run_dir = args.work_dir / f"{identity['sha256'][:12]}-{len(examples)}q"
+    identity = {**checkpoint_identity(args.checkpoint.resolve()), "serving": serving_fingerprint()}
+    run_dir = args.work_dir / f"{identity['sha256'][:12]}-{identity['serving'][:8]}-{len(examples)}q"
     store = PassStore(run_dir / "passes")
     if args.fresh:
         for path in store.directory.glob("*.json"):

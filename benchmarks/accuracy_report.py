@@ -84,7 +84,7 @@ def targets_table(passes: dict, examples: Sequence[QAExample]) -> list[str]:
             served, ref, scope = found
             verdict = "PASS" if abs(served - ref) <= FP32_F1_TOLERANCE else "FAIL"
             lines.append(f"| served FP32 F1 within {FP32_F1_TOLERANCE} of in-process PyTorch ({protocol.upper()}) | "
-                         f"{served:.2f} vs {ref:.2f} (difference {served - ref:+.2f}{scope}) | **{verdict}** |")
+                         f"{served:.2f} vs {ref:.2f} (difference {round(served - ref, 2) + 0.0:+.2f}{scope}) | **{verdict}** |")
         if found := paired_f1(passes, f"int8-{protocol}", f"fp32-{protocol}", examples):
             int8, fp32, scope = found
             ratio = int8 / fp32 if fp32 else 0.0
