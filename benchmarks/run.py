@@ -263,7 +263,7 @@ class Run:
             pa, stable = None, True
             for stability in (25, 1000):  # a shared machine may never give 3 windows within 25 %: then any 3
                 try:
-                    pa = perf_analyzer.run(server.http_url, variant.ensemble, "http", data, c, stability_pct=stability,
+                    pa = perf_analyzer.run(server.grpc_url, variant.ensemble, "grpc", data, c, stability_pct=stability,
                                            measurement_interval_ms=self.profile.perf_analyzer_interval_ms)
                     break
                 except perf_analyzer.PerfAnalyzerError as err:
@@ -272,14 +272,14 @@ class Run:
                     stable = False
             if pa is None:
                 return
-            (bench,) = self._points(server, pairs, variant.ensemble, "http", [Load("concurrency", c)],
-                                    f"bertqa bench beside perf_analyzer ({default}) HTTP")
+            (bench,) = self._points(server, pairs, variant.ensemble, "grpc", [Load("concurrency", c)],
+                                    f"bertqa bench beside perf_analyzer ({default}) gRPC")
             rows.append({**pa.as_dict(), "stable": stable, "bench_throughput": bench["pairs_per_s"],
                          "bench_p50_ms": bench["latency_ms"]["p50"], "bench_p99_ms": bench["latency_ms"]["p99"]})
             self.log(f"perf_analyzer c{c}: {pa.throughput:.2f}/s vs bench {bench['pairs_per_s']:.2f}/s")
         self.results["checks"]["perf_analyzer"] = {"variant": default, "rows": rows,
                                                    "command": " ".join(perf_analyzer.command(
-                                                       "127.0.0.1:8000", variant.ensemble, "http",
+                                                       "127.0.0.1:8001", variant.ensemble, "grpc",
                                                        Path("pairs.json"), 1))}
 
     def server_scenario(self, server, pairs, default: str) -> None:
