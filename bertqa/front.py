@@ -95,6 +95,9 @@ class Front:
     async def _open(self, _app) -> None:
         self._session = aiohttp.ClientSession(
             auto_decompress=False,  # Content-Encoding passes through untouched
+            # Only the client's own Accept-Encoding goes upstream: aiohttp's default (gzip, deflate) made
+            # Triton compress answers for clients that never asked (perf_analyzer's libcurl then failed).
+            skip_auto_headers=("Accept-Encoding",),
             connector=aiohttp.TCPConnector(limit=256),
             timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s),
         )
