@@ -61,10 +61,13 @@ demo-model: $(VENV)/.dev-installed
 	$(BIN)/python -m bertqa.export.demo.package --checkpoint build/demo-checkpoint --output demo_model \
 		--predictions results/demo-dev-predictions.json
 
-# Side-by-side benchmarks (docs/BENCHMARKS.md + PNG): in-process, HF pipeline, Triton HTTP/gRPC, INT8,
-# dynamic batching, GEMM peak / FLOP utilisation. About 20-30 minutes on 2 cores; run it on an idle machine.
+# Side-by-side benchmarks on real SQuAD (docs/BENCHMARKS.md + PNG): every CPU variant in-process and served
+# (HTTP/gRPC, concurrency 1/4/16), the HF pipeline, perf_analyzer beside bench, the MLPerf Server scenario, length
+# buckets, the GEMM peak guard, and the CPU default chosen by full-dev F1. Fetches SQuAD v1.1 dev when missing.
+# About 30 minutes on 2 cores; run it on an idle machine.
 BENCH_ARGS ?=
 bench: $(VENV)/.dev-installed
+	$(BIN)/bertqa data squad --split dev
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # SQuAD v1.1 dev accuracy (docs/ACCURACY.md + PNG): Triton FP32 and INT8 over HTTP and gRPC on all 10,570

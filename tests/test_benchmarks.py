@@ -109,6 +109,21 @@ def test_targets_on_synthetic_results():
     assert scenario["measured"] == pytest.approx(0.8) and scenario["met"] is None
 
 
+def test_full_dev_rule_reads_the_default_row_by_name():
+    results = synthetic_results()
+    results["full_dev"] = {"note": "SQuAD v1.1 dev", "questions": 10570, "rows": [
+        {"label": "ORT FP32", "model": "bert_onnx", "exact_match": 70.0, "f1": 80.0, "questions": 10570},
+        {"label": "OpenVINO INT8", "model": "bert_openvino_int8", "exact_match": 60.0, "f1": 78.0, "questions": 10570},
+        {"label": "OpenVINO BF16", "model": "bert_openvino_bf16", "exact_match": 69.9, "f1": 79.5, "questions": 10570}]}
+    rows = {t["target"]: t for t in targets(results)}
+    full = rows["CPU default (OpenVINO BF16): full-dev F1 / FP32 F1"]
+    assert full["measured"] == pytest.approx(79.5 / 80.0) and full["met"] and "10570" in full["basis"]
+    results["default"] = "ORT FP32"  # FP32 chosen: its own row, ratio 1
+    assert {t["target"]: t for t in targets(results)}["CPU default (ORT FP32): full-dev F1 / FP32 F1"]["measured"] == 1.0
+    text = report.markdown(results, "x.png")
+    assert "on the full SQuAD v1.1 dev set" in text and "| OpenVINO INT8 | 10570 | 60.00 | 78.00 | 97.50% |" in text
+
+
 def test_report_writer(tmp_path):
     written = report.write_report(synthetic_results(), tmp_path / "BENCHMARKS.md")
     text = written[0].read_text()
@@ -139,6 +154,11 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert set(results["inprocess"]) == {"ORT FP32", "ORT INT8", "OpenVINO FP32", "OpenVINO BF16", "OpenVINO INT8"}
     assert all(m["pairs_per_s"] > 0 and m["extra"].get("errors", 0) == 0 for m in results["measurements"])
     assert results["default"] in results["inprocess"]
+    # The default's accuracy rule ran on dev questions (here the committed slice's first 24): FP32 first,
+    # then variants fastest first until one kept 99 % of FP32's F1, the default among them.
+    full = results["full_dev"]["rows"]
+    assert full[0]["label"] == "ORT FP32" and all(row["questions"] == 24 for row in full)
+    assert results["default"] in {row["label"] for row in full}
     assert results["checks"]["perf_analyzer"]["rows"] and results["checks"]["length_buckets"]["served"]["buckets"] > 0
     written = report.write_report(results, tmp_path / "BENCHMARKS.md")
     assert "## Targets" in written[0].read_text()
