@@ -229,3 +229,27 @@ def test_metrics_endpoint_reports_inference_counts(triton_server):
     with urllib.request.urlopen(triton_server.metrics_url, timeout=10) as response:
         text = response.read().decode()
     assert 'nv_inference_request_success{model="bert_qa"' in text
+
+
+def test_bad_parameters_fail_the_load_naming_the_model(repository, tmp_path):
+    """Both backends' initialize (ONNX Runtime and the Python postprocess) turn a bad parameter into a
+    TritonModelException that names the model; tritonserver then refuses to start."""
+    import shutil
+
+    from bertqa.server import EmbeddedServer, ServerError, free_ports
+
+    broken = tmp_path / "repository"
+    shutil.copytree(repository, broken)
+    for model, key in (("bert_onnx", "intra_op_threads"), ("qa_postprocess", "colour")):
+        config = broken / model / "config.pbtxt"
+        config.write_text(config.read_text() + f'parameters {{ key: "{key}" value {{ string_value: "2" }} }}\n')
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path / "tritonserver.log"
+    server = EmbeddedServer(repository=broken, http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1",
+                            log_file=log, startup_timeout_s=60)
+    with pytest.raises(ServerError):
+        server.start()
+    server.stop()
+    text = log.read_text()
+    assert "bert_onnx: model 'bert_onnx': unknown parameters ['intra_op_threads']" in text
+    assert "qa_postprocess: model 'qa_postprocess': unknown parameters ['colour']" in text

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from bertqa.triton.params import parse_parameters
+
+T = TypeVar("T")
 
 
 def version_dir(args: dict) -> Path:
     """``<model_repository>/<version>``: where a model's own files live (Docker and embedded alike)."""
     return Path(args["model_repository"]) / args["model_version"]
+
+
+def model_parameters(config: dict, spec: type[T], *, ignore: tuple[str, ...] = ()) -> T:
+    """``parse_parameters`` for ``initialize``: a bad parameter fails the model's load, naming the model."""
+    try:
+        return parse_parameters(config, spec, ignore=ignore)
+    except ValueError as err:
+        raise pb_utils.TritonModelException(f"{config['name']}: {err}") from err
 
 
 def input_array(request, name: str) -> np.ndarray:

@@ -16,8 +16,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from bertqa.triton.batching import BatchedExecutor
-from bertqa.triton.common import version_dir
-from bertqa.triton.params import parse_parameters
+from bertqa.triton.common import model_parameters, version_dir
 
 # Parameters the native onnxruntime backend understands that have no effect here (logged, not errors:
 # the same config.pbtxt must also be valid for the native backend).
@@ -67,10 +66,7 @@ class OnnxRuntimeModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         name = config["name"]
-        try:
-            params = parse_parameters(config, OnnxRuntimeParameters, ignore=_NATIVE_ONLY_PARAMETERS)
-        except ValueError as err:
-            raise pb_utils.TritonModelException(f"{name}: {err}") from err
+        params = model_parameters(config, OnnxRuntimeParameters, ignore=_NATIVE_ONLY_PARAMETERS)
         for key in set(config.get("parameters", {})) & set(_NATIVE_ONLY_PARAMETERS):
             pb_utils.Logger.log_warn(f"{name}: parameter {key!r} only applies to the native onnxruntime backend")
 

@@ -15,8 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from bertqa.openvino_runtime import NATIVE_ONLY_PARAMETERS, OpenVinoParameters, OpenVinoSession
 from bertqa.triton.batching import BatchedExecutor
-from bertqa.triton.common import version_dir
-from bertqa.triton.params import parse_parameters
+from bertqa.triton.common import model_parameters, version_dir
 
 DEFAULT_MODEL_FILE = "model.xml"
 
@@ -25,10 +24,7 @@ class OpenVinoModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         name = config["name"]
-        try:
-            params = parse_parameters(config, OpenVinoParameters, ignore=NATIVE_ONLY_PARAMETERS)
-        except ValueError as err:
-            raise pb_utils.TritonModelException(f"{name}: {err}") from err
+        params = model_parameters(config, OpenVinoParameters, ignore=NATIVE_ONLY_PARAMETERS)
         if args.get("model_instance_kind") == "GPU":
             raise pb_utils.TritonModelException(f"{name}: the openvino backend runs on CPU instances only (KIND_CPU)")
         path = version_dir(args) / (config.get("default_model_filename") or DEFAULT_MODEL_FILE)

@@ -7,8 +7,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from bertqa.text import decode_spans
-from bertqa.triton.common import bytes_tensor, error_response, input_array
-from bertqa.triton.params import PostprocessParameters, parse_parameters
+from bertqa.triton.common import bytes_tensor, error_response, input_array, model_parameters
+from bertqa.triton.params import PostprocessParameters
 
 
 def check_windows(start_logits, end_logits, offsets, pair_index, window_text, window_start) -> int:
@@ -41,10 +41,7 @@ def check_windows(start_logits, end_logits, offsets, pair_index, window_text, wi
 class PostprocessModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        try:
-            params = parse_parameters(config, PostprocessParameters)
-        except ValueError as err:
-            raise pb_utils.TritonModelException(f"qa_postprocess: {err}") from err
+        params = model_parameters(config, PostprocessParameters)
         self.decoding = params.decoding()
 
     def execute(self, requests: list) -> list:

@@ -15,8 +15,8 @@ import triton_python_backend_utils as pb_utils
 from bertqa.text import InvalidInputError, QAWindower, decode_texts, load_tokenizer, window_text_spans
 from bertqa.repository import check_window_capacity
 from bertqa.triton.bert_runner import BertRunner
-from bertqa.triton.common import bytes_tensor, error_response, input_array, version_dir
-from bertqa.triton.params import PreprocessParameters, parse_parameters
+from bertqa.triton.common import bytes_tensor, error_response, input_array, model_parameters, version_dir
+from bertqa.triton.params import PreprocessParameters
 
 
 def check_lengths(texts: dict[str, list[str]], limits: dict[str, int]) -> None:
@@ -33,8 +33,8 @@ def check_lengths(texts: dict[str, list[str]], limits: dict[str, int]) -> None:
 class PreprocessModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
+        params = model_parameters(config, PreprocessParameters)
         try:
-            params = parse_parameters(config, PreprocessParameters)
             self.limits = {"question": params.max_question_chars, "context": params.max_context_chars}
             windowing = params.windowing()
             tokenizer_path = version_dir(args) / params.tokenizer_file
