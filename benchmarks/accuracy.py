@@ -170,7 +170,7 @@ class TorchReference:
             texts = pair_contexts(contexts, windows.pair_index)
             for config, target in ((replace(self.decoding, align_to_words=True), aligned),
                                    (replace(self.decoding, align_to_words=False), unaligned)):
-                spans = decode_spans(start, end, windows.offsets, windows.pair_index, len(part), config, texts)
+                spans = decode_spans(start, end, windows.offsets, windows.pair_index, len(part), config, window_text=texts)
                 target.update({e.id: e.context[s.start:s.end] if s.window >= 0 else "" for e, s in zip(part, spans)})
         return {"answer": aligned, "unaligned": unaligned}
 

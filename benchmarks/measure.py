@@ -45,6 +45,17 @@ def _timed_loop(step, min_seconds: float, min_iterations: int, warmup: int = 1):
     return pairs / elapsed, windows / elapsed, elapsed
 
 
+def reference_answers(pipeline, questions, contexts):
+    """One in-process batch as the server answers it (whole words): (answers, number of windows)."""
+    from bertqa.text import answers_from_spans, decode_spans, pair_contexts
+
+    windows = pipeline.windower.windows(questions, contexts)
+    start, end = pipeline.logits(windows.input_ids, windows.attention_mask, windows.token_type_ids)
+    spans = decode_spans(start, end, windows.offsets, windows.pair_index, len(questions), pipeline.decoding,
+                         window_text=pair_contexts(contexts, windows.pair_index))
+    return answers_from_spans(spans, contexts), windows.num_windows
+
+
 def reference_throughput(pipeline, workload: Workload, *, batch_size: int, min_seconds: float,
                          system: str, shape: str) -> Measurement:
     """The in-process ceiling: tokenize + ONNX Runtime + span decoding in this process, batches of pairs."""
@@ -53,13 +64,8 @@ def reference_throughput(pipeline, workload: Workload, *, batch_size: int, min_s
 
     def step():
         questions, contexts = batches[next(cursor) % len(batches)]
-        windows = pipeline.windower.windows(questions, contexts)
-        start, end = pipeline.logits(windows.input_ids, windows.attention_mask, windows.token_type_ids)
-        from bertqa.text import answers_from_spans, decode_spans
-
-        spans = decode_spans(start, end, windows.offsets, windows.pair_index, len(questions), pipeline.decoding)
-        answers_from_spans(spans, contexts)
-        return len(questions), windows.num_windows
+        _, num_windows = reference_answers(pipeline, questions, contexts)
+        return len(questions), num_windows
 
     pairs_s, windows_s, elapsed = _timed_loop(step, min_seconds, 2)
     return Measurement(system, shape, workload.name, pairs_s, windows_s,

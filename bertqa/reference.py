@@ -100,6 +100,6 @@ class ReferencePipeline:
         start, end = self.logits(windows.input_ids, windows.attention_mask, windows.token_type_ids)
         spans = decode_spans(
             start, end, windows.offsets, windows.pair_index, len(questions), self.decoding,
-            pair_contexts(contexts, windows.pair_index),
+            window_text=pair_contexts(contexts, windows.pair_index),
         )
         return answers_from_spans(spans, contexts)

@@ -304,12 +304,14 @@ def decode_spans(
     pair_index: np.ndarray,
     num_pairs: int,
     config: DecodingConfig = DecodingConfig(),
-    window_text: WindowText | None = None,
+    *,
+    window_text: WindowText | None,
 ) -> list[Span]:
     """The best span for each of ``num_pairs`` pairs over all of its windows.
 
     With ``window_text`` and ``config.align_to_words``, spans are widened to whole words
-    (:func:`align_to_words`); without text, they are token spans as the model chose them.
+    (:func:`align_to_words`), as the server answers. ``window_text`` is required so that no caller
+    gets token spans by forgetting it; ``None`` (token spans as the model chose them) must be explicit.
     """
     length = offsets.shape[1]
     if start_logits.shape != (offsets.shape[0], length) or end_logits.shape != start_logits.shape:

@@ -44,7 +44,7 @@ def evaluate_session(
         seconds += time.perf_counter() - begin
         count += windows.num_windows
         spans = decode_spans(start_logits, end_logits, windows.offsets, windows.pair_index, len(chunk), decoding,
-                             pair_contexts([e.context for e in chunk], windows.pair_index))
+                             window_text=pair_contexts([e.context for e in chunk], windows.pair_index))
         for example, span in zip(chunk, spans):
             predictions[example.id] = example.context[span.start:span.end] if span.window >= 0 else ""
     scored = [e for e in examples if e.answers]

@@ -91,7 +91,7 @@ def _decode_on_piece(tokenizer, align: bool):
     start[0, piece] = end[0, piece] = 10.0  # the model's best span is one "##" piece
     config = DecodingConfig(align_to_words=align)
     spans = decode_spans(start, end, windows.offsets, windows.pair_index, 1, config,
-                         pair_contexts([context], windows.pair_index))
+                         window_text=pair_contexts([context], windows.pair_index))
     return answers_from_spans(spans, [context])[0], tokens[piece]
 
 
@@ -115,3 +115,34 @@ def test_unreadable_align_to_words_is_an_error():
     config = {"name": "qa_postprocess", "parameters": {"align_to_words": {"string_value": "sometimes"}}}
     with pytest.raises(ParameterError, match="align_to_words"):
         parse_parameters(config, PostprocessParameters)
+
+
+def test_decode_spans_requires_the_window_text_argument(tokenizer):
+    """No caller can get token spans by forgetting the text: it must pass window_text (None explicitly)."""
+    windows = QAWindower(tokenizer, WindowingConfig(max_seq_len=64, doc_stride=16, max_query_len=16,
+                                                    seq_len_buckets=(64,))).windows(["who?"], ["alpha beta"])
+    logits = np.zeros(windows.input_ids.shape, np.float32)
+    with pytest.raises(TypeError, match="window_text"):
+        decode_spans(logits, logits, windows.offsets, windows.pair_index, 1)
+
+
+def test_benchmark_reference_answers_are_whole_words_like_the_server(tokenizer):
+    """benchmarks/measure.py decodes in-process for the throughput ceiling; it widens like qa_postprocess."""
+    from types import SimpleNamespace
+
+    from benchmarks.measure import reference_answers
+
+    context = "Classical music: Tchaikovskyesque symphonies premiered in Moscow."
+    windower = QAWindower(tokenizer, WindowingConfig(max_seq_len=64, doc_stride=16, max_query_len=16,
+                                                     seq_len_buckets=(64,)))
+
+    def piece_logits(input_ids, attention_mask, token_type_ids):
+        tokens = [tokenizer.id_to_token(int(i)) for i in input_ids[0]]
+        piece = next(t for t, name in enumerate(tokens) if name.startswith("##") and token_type_ids[0, t] == 1)
+        start = np.full(input_ids.shape, -10.0, np.float32)
+        start[0, piece] = 10.0  # the model's best span is one "##" piece
+        return start, start.copy()
+
+    pipeline = SimpleNamespace(windower=windower, decoding=DecodingConfig(), logits=piece_logits)
+    (answer,), num_windows = reference_answers(pipeline, ["What kind of symphonies?"], [context])
+    assert answer.text == "Tchaikovskyesque" and num_windows == 1

@@ -98,7 +98,7 @@ def _expected(logits_fn, repository, question, context, preprocess="qa_preproces
     w = QAWindower(tokenizer, _windowing(repository, preprocess)).windows([question], [context])
     start, end = logits_fn(w)
     span = decode_spans(start, end, w.offsets, w.pair_index, 1, _decoding(repository),
-                        pair_contexts([context], w.pair_index))[0]
+                        window_text=pair_contexts([context], w.pair_index))[0]
     return context[span.start:span.end], span.start, span.end, span.score
 
 

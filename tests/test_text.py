@@ -17,6 +17,7 @@ from bertqa.text import (
     decode_spans,
     decode_texts,
     load_tokenizer,
+    pair_contexts,
     window_text_spans,
 )
 
@@ -82,7 +83,7 @@ def test_answer_in_last_window(tokenizer):
     last = w.num_windows - 1
     tokens = context_tokens(w, last)
     start, end = one_hot_logits(w, (last, tokens[-2]), (last, tokens[-1]))
-    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1)
+    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1, window_text=None)
     assert context[span.start : span.end] == "alpha river"
     assert span.window == last and span.score > 0.99
 
@@ -97,7 +98,7 @@ def test_answer_across_window_boundary_is_found_whole_in_next_window(tokenizer):
     s_tok = second[np.flatnonzero(w.offsets[1, second, 0] == start_char)[0]]
     start, end = one_hot_logits(w, (1, s_tok), (1, s_tok + 4))
     start[0, first_tokens[-2]] = 9.0  # window 0 prefers the same start but cannot end it there
-    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1)
+    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1, window_text=None)
     assert span.window == 1 and span.start == start_char
     assert context[span.start : span.end] == " ".join(context[start_char:].split()[:5])
 
@@ -108,10 +109,10 @@ def test_end_before_start_and_too_long_spans_are_rejected(tokenizer):
     tokens = context_tokens(w, 0)
     start, end = one_hot_logits(w, (0, tokens[10]), (0, tokens[3]))  # end before start
     start[0, tokens[2]] = 5.0
-    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1)
+    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1, window_text=None)
     assert span.start == w.offsets[0, tokens[2], 0] and span.end == w.offsets[0, tokens[3], 1]
     start, end = one_hot_logits(w, (0, tokens[0]), (0, tokens[15]))
-    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1, DecodingConfig(max_answer_len=4))
+    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1, DecodingConfig(max_answer_len=4), window_text=None)
     assert span.window == -1 or (span.end - span.start) < len(context)  # no 16-token answer
     assert span.window == -1 or np.searchsorted(w.offsets[0, tokens, 0], span.end) - np.searchsorted(
         w.offsets[0, tokens, 0], span.start
@@ -121,7 +122,7 @@ def test_end_before_start_and_too_long_spans_are_rejected(tokenizer):
 def test_question_tokens_are_never_answers(tokenizer):
     w = QAWindower(tokenizer, small()).windows(["zoe zurich"], ["alpha beta"])
     start, end = one_hot_logits(w, (0, 1), (0, 2))  # the question's tokens
-    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1)
+    (span,) = decode_spans(start, end, w.offsets, w.pair_index, 1, window_text=None)
     assert "alpha beta"[span.start : span.end] in ("alpha", "beta", "alpha beta")
 
 
@@ -134,7 +135,8 @@ def test_offsets_survive_accents_case_and_extra_whitespace(tokenizer):
     assert "Café" in pieces and "naïve" in pieces
     zurich = pieces.index("ZÜRICH")
     start, end = one_hot_logits(w, (0, tokens[zurich]), (0, tokens[zurich]))
-    (answer,) = answers_from_spans(decode_spans(start, end, w.offsets, w.pair_index, 1), [context])
+    (answer,) = answers_from_spans(decode_spans(start, end, w.offsets, w.pair_index, 1,
+                                                    window_text=pair_contexts([context], w.pair_index)), [context])
     assert answer.text == "ZÜRICH" and context[answer.start : answer.end] == "ZÜRICH"
 
 
@@ -154,7 +156,8 @@ def test_several_pairs_in_one_request(tokenizer):
     end = start.copy()
     for row, token in picks:
         start[row, token] = end[row, token] = 10.0
-    answers = answers_from_spans(decode_spans(start, end, w.offsets, w.pair_index, 3), contexts)
+    answers = answers_from_spans(decode_spans(start, end, w.offsets, w.pair_index, 3,
+                                                window_text=pair_contexts(contexts, w.pair_index)), contexts)
     assert [a.text for a in answers] == ["beta", "river", "zurich"]
 
 

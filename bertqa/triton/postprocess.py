@@ -65,7 +65,7 @@ class PostprocessModel:
         def text_of(window: int) -> tuple[str, int]:
             return window_text[window].decode("utf-8"), int(window_start[window])
 
-        spans = decode_spans(start_logits, end_logits, offsets, pair_index, num_pairs, self.decoding, text_of)
+        spans = decode_spans(start_logits, end_logits, offsets, pair_index, num_pairs, self.decoding, window_text=text_of)
 
         answers = []
         for span in spans:
