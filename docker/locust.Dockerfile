@@ -9,7 +9,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PATH=/opt/bertqa/bin:${PATH}
+    PATH=/opt/bertqa/bin:${PATH} \
+    BERTQA_DATA_DIR=/opt/bertqa/data
 
 # Client-side needs only: the project's serving extras (pytriton, onnxruntime) stay out.
 RUN pip install \

@@ -1151,3 +1151,18 @@ def test_docs_name_existing_files_and_the_pinned_image(compose):
             if not token.startswith("/") and not token.startswith("nvcr.io"):
                 assert (ROOT / token).exists(), f"docs name {token}, which does not exist"
     assert compose["services"]["triton"]["build"]["args"]["TRITON_IMAGE"] in section
+
+
+def test_locust_services_read_fetched_squad_where_the_image_looks_for_it(compose):
+    """`bertqa data squad` writes ./data/squad/; the locust image's BERTQA_DATA_DIR is where compose mounts
+    ./data, so without LOCUST_DATA the locustfile sends SQuAD v1.1 dev pairs like `bertqa bench`."""
+    dockerfile = parse_dockerfile((ROOT / "docker" / "locust.Dockerfile").read_text())
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(i.arguments for i in dockerfile if i.keyword == "ENV")))
+    data_dir = env["BERTQA_DATA_DIR"]
+    for name in ("locust-master", "locust-worker"):
+        service = compose["services"][name]
+        assert ("./data", data_dir) in bind_mounts(service), name
+        assert f"./data:{data_dir}:ro" in service["volumes"], f"{name}: the load test only reads the data"
+        assert service["environment"]["LOADTEST_DATA"] == "", "LOCUST_DATA, when set, still overrides the default"
+    assert is_dockerignored("data/squad/train-v1.1.json", dockerignore_patterns()), "fetched files stay out of images"
+    assert not is_dockerignored("bertqa/data/squad-v1.1-dev-slice.json", dockerignore_patterns())
