@@ -11,9 +11,6 @@ from bertqa.cli import main
 from bertqa.client.eval import official_json
 from bertqa.squad import read_examples, squad_scores
 
-SAMPLE = Path(__file__).parent / "data" / "squad_sample.json"
-
-
 def squad_file(path: Path, items: list[tuple[str, str, str, list[str]]]) -> Path:
     """A SQuAD v1.1 file of (id, question, context, gold answers)."""
     paragraphs = [
@@ -68,11 +65,11 @@ def test_unreadable_predictions_are_a_clear_error(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def eval_data(tmp_path_factory) -> Path:
-    """The shipped held-out sample when present, else a small SQuAD file."""
-    if SAMPLE.is_file():
-        return SAMPLE
-    return squad_file(tmp_path_factory.mktemp("squad") / "dev.json", HANDMADE)
+def eval_data() -> Path:
+    """The committed slice of real SQuAD v1.1 dev (251 questions; no download)."""
+    from bertqa.squad import dev_slice_path
+
+    return dev_slice_path()
 
 
 def reference_predictions(reference, examples, batch_size):
@@ -99,6 +96,8 @@ def test_served_scores_equal_the_reference_pipeline(triton_server, reference, ev
     assert served == expected
     em, f1 = squad_scores(expected, examples)
     assert scores == {"exact_match": em, "f1": f1}
+    # The demo model measured EM 78.1 / F1 87.0 on these 251 real dev questions; about 5 questions of slack.
+    assert em >= 76.0 and f1 >= 85.0, scores
 
     # Known-wrong edits of the served predictions lower the score by a known amount.
     wrong = dict(served)
