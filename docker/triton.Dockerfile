@@ -37,6 +37,17 @@ RUN python3 -m pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
     && python3 -c "import numpy, bertqa.text, bertqa.repository, bertqa.supervisor, bertqa.canary; assert int(numpy.__version__.split('.')[0]) < 2" \
     && command -v bertqa-supervisor
 
+# `backend: "openvino"` models (the CPU default) run on the project's Python-based openvino backend,
+# the code embedded mode runs and the tests exercise, instead of the image's native one: its r24.10
+# src/openvino.cc pads every batch to max_batch_size (a lone 128-token window would run as 64 rows)
+# and has no way to force FP32 on CPUs with BF16. Triton loads <backends>/openvino/model.py as a
+# Python-based backend once the native library is gone.
+RUN python3 -m pip install "openvino>=2025.0" \
+    && rm -rf /opt/tritonserver/backends/openvino && mkdir -p /opt/tritonserver/backends/openvino \
+    && cp "$(python3 -c 'import bertqa, pathlib; print(pathlib.Path(bertqa.__file__).parent / "backends" / "openvino" / "model.py")')" \
+          /opt/tritonserver/backends/openvino/model.py \
+    && python3 -c "import openvino, bertqa.openvino_runtime; print('openvino', openvino.__version__)"
+
 COPY docker/triton/select_models.py /opt/bertqa/bin/select_models.py
 COPY --chmod=755 docker/triton/entrypoint.sh /opt/bertqa/bin/bertqa-triton
 ENV PATH=/opt/bertqa/bin:${PATH}

@@ -526,9 +526,10 @@ def test_gpu_detection_without_nvidia_smi(monkeypatch, tmp_path):
 
 @pytest.fixture
 def export_env(tmp_path) -> dict[str, str]:
-    """The export entrypoint beside a fake check_tensorrt.py, with fake bertqa on PATH."""
+    """The export entrypoint beside a fake check_tensorrt.py, with fake bertqa and python3 on PATH."""
     (tmp_path / "bin").mkdir()
     _fake_command(tmp_path / "bin", "bertqa")
+    _fake_command(tmp_path / "bin", "python3")  # python3 -m bertqa.export.openvino (the CPU default)
     shutil.copy(EXPORT_ENTRYPOINT, tmp_path / "entrypoint.sh")
     _write_executable(tmp_path / "check_tensorrt.py", "import sys\nprint('checked')\nsys.exit(0)\n")
     (tmp_path / "ckpt").mkdir()
@@ -591,6 +592,64 @@ def test_export_of_openvino_variants(tmp_path, export_env):
     calls = [c for c in _calls(tmp_path / "calls.log") if c[:2] == ["bertqa", "export"]]
     assert [(c[c.index("--format") + 1], c[c.index("--precision") + 1]) for c in calls] == [
         ("openvino", "int8"), ("openvino", "fp32")]
+
+
+def _onnx_exported(export_env: dict[str, str]) -> None:
+    """What `bertqa install-demo` / `bertqa export --format onnx` leave behind (the fakes write nothing)."""
+    model = Path(export_env["MODEL_REPOSITORY"]) / "bert_onnx" / "1" / "model.onnx"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"onnx")
+
+
+def _openvino_conversions(tmp_path: Path) -> list[list[str]]:
+    return [c[1:] for c in _calls(tmp_path / "calls.log") if c[0] == "python3"]
+
+
+@pytest.mark.parametrize("checkpoint", ["", "/data/ckpt"])
+def test_export_on_a_cpu_host_adds_the_cpu_default(tmp_path, export_env, checkpoint):
+    """Like `make serve`: the CPU default chosen by measurement, converted from the FP32 ONNX model."""
+    _onnx_exported(export_env)
+    result = _run(tmp_path / "entrypoint.sh", tmp_path, {**export_env, "CHECKPOINT": checkpoint})
+    assert result.returncode == 0, result.stderr
+    precision = _makefile_default("CPU_DEFAULT_PRECISION")
+    assert _openvino_conversions(tmp_path) == [["-m", "bertqa.export.openvino", "--repository",
+                                                export_env["MODEL_REPOSITORY"], "--precision", precision, "--if-missing"]]
+    assert _calls(tmp_path / "calls.log")[-1][0] == "python3", "converted after the ONNX model is in place"
+
+
+def test_export_cpu_default_can_be_changed_or_turned_off(tmp_path, export_env):
+    _onnx_exported(export_env)
+    assert _run(tmp_path / "entrypoint.sh", tmp_path, {**export_env, "CPU_DEFAULT_PRECISION": ""}).returncode == 0
+    assert _openvino_conversions(tmp_path) == []
+    assert _run(tmp_path / "entrypoint.sh", tmp_path, {**export_env, "CPU_DEFAULT_PRECISION": "bf16"}).returncode == 0
+    assert _openvino_conversions(tmp_path)[0][-2:] == ["bf16", "--if-missing"]
+    bad = _run(tmp_path / "entrypoint.sh", tmp_path, {**export_env, "CPU_DEFAULT_PRECISION": "fp16"})
+    assert bad.returncode == 2 and "CPU_DEFAULT_PRECISION" in bad.stderr
+
+
+def test_export_cpu_default_skipped_on_a_gpu_host_or_without_onnx(tmp_path, export_env):
+    assert _run(tmp_path / "entrypoint.sh", tmp_path, export_env).returncode == 0  # nothing to convert from
+    _onnx_exported(export_env)
+    _write_executable(tmp_path / "bin" / "nvidia-smi", "#!/bin/sh\nexit 0\n")
+    assert _run(tmp_path / "entrypoint.sh", tmp_path, export_env).returncode == 0
+    assert _openvino_conversions(tmp_path) == []
+
+
+def _makefile_default(variable: str) -> str:
+    (value,) = re.findall(rf"^{variable} \?= *(\S*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    return value
+
+
+def test_cpu_default_is_the_measured_one_everywhere(compose_raw):
+    """make serve, the export entrypoint (compose, Kubernetes) and docs/BENCHMARKS.md name one CPU default."""
+    precision = _makefile_default("CPU_DEFAULT_PRECISION")
+    entrypoint = EXPORT_ENTRYPOINT.read_text()
+    assert f'cpu_default="${{CPU_DEFAULT_PRECISION-{precision}}}"' in entrypoint
+    assert compose_raw["services"]["export"]["environment"]["CPU_DEFAULT_PRECISION"] == \
+        f"${{CPU_DEFAULT_PRECISION-{precision}}}"
+    measured = re.search(r"\*\*CPU default by measurement: OpenVINO (\w+)\*\*",
+                         (ROOT / "docs" / "BENCHMARKS.md").read_text())
+    assert measured and measured.group(1).lower() == precision
 
 
 def test_check_tensorrt_compares_pip_and_library_versions(tmp_path, monkeypatch):

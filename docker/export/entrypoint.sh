@@ -6,18 +6,41 @@
 #   CHECKPOINT set     -> `bertqa export` of the checkpoint mounted at /checkpoint, one run per
 #                         format in EXPORT_FORMATS (auto: onnx + tensorrt with a GPU,
 #                         onnx + onnx-int8 without one)
+#   no GPU visible     -> then also the CPU default (CPU_DEFAULT_PRECISION, as `make serve`): the
+#                         OpenVINO variant converted from the FP32 ONNX model, if not already
+#                         converted from that very file
 set -euo pipefail
 
 repository="${MODEL_REPOSITORY:-/models}"
 checkpoint_dir="${CHECKPOINT_DIR:-/checkpoint}"
 formats="${EXPORT_FORMATS:-auto}"
 mode="${EXPORT_MODE:-always}"
+# The CPU default chosen by measurement (`make bench`, docs/BENCHMARKS.md); set but empty = none.
+cpu_default="${CPU_DEFAULT_PRECISION-int8}"
 log() { echo "[bertqa-export] $*" >&2; }
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
+case "$cpu_default" in ""|fp32|bf16|int8) ;; *) log "CPU_DEFAULT_PRECISION must be fp32, bf16, int8 or empty, not '${cpu_default}'"; exit 2 ;; esac
+case "$mode" in always|if-missing) ;; *) log "EXPORT_MODE must be always or if-missing, not '${mode}'"; exit 2 ;; esac
+
+cpu_default_variant() {
+    if [ -z "$cpu_default" ] || has_gpu; then
+        return 0  # GPU hosts serve TensorRT / ONNX Runtime on the GPU
+    fi
+    if [ ! -f "$repository/bert_onnx/1/model.onnx" ]; then
+        log "no GPU visible, but no FP32 ONNX model (bert_onnx) to convert the CPU default from: skipped"
+        return 0
+    fi
+    log "no GPU visible: the CPU default, OpenVINO ${cpu_default}, from ${repository}/bert_onnx"
+    python3 -m bertqa.export.openvino --repository "$repository" --precision "$cpu_default" --if-missing
+}
+
 if [ -z "${CHECKPOINT:-}" ]; then
     log "CHECKPOINT not set: installing the bundled demo model into ${repository}"
-    exec bertqa install-demo --repository "$repository"
+    bertqa install-demo --repository "$repository"
+    cpu_default_variant
+    log "done"
+    exit 0
 fi
 
 # Docker creates a missing bind-mount source as an empty directory: say so instead of a traceback.
@@ -37,8 +60,6 @@ if [ "$formats" = "auto" ]; then
         formats="onnx onnx-int8"
     fi
 fi
-
-case "$mode" in always|if-missing) ;; *) log "EXPORT_MODE must be always or if-missing, not '${mode}'"; exit 2 ;; esac
 
 for format in ${formats//,/ }; do
     case "$format" in
@@ -70,4 +91,5 @@ for format in ${formats//,/ }; do
         *) bertqa export --checkpoint "$checkpoint_dir" --format "$format" --repository "$repository" ;;
     esac
 done
+cpu_default_variant
 log "done"
