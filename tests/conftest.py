@@ -10,14 +10,24 @@ import pytest
 from bertqa.demo import DEMO_DIR, install_demo
 from bertqa.server import DEFAULT_REPOSITORY, EmbeddedServer, free_ports  # noqa: F401 (re-exported)
 
-MODEL_FILES = ("*.onnx", "*.onnx.data", "*.plan", "tokenizer.json")
+MODEL_FILES = ("*.onnx", "*.onnx.data", "*.plan", "tokenizer.json", "export.json")
 
 
+
+
+def committed_model_dirs() -> set[str]:
+    """The model folders model_repository/ commits (not the variants `make serve` exports next to them)."""
+    from bertqa.export.repository import committed_repository_files
+
+    return {Path(p).parts[0] for p in committed_repository_files()}
 
 
 def copy_repository_configs(target: Path) -> Path:
-    """The committed repository (configs and model.py files) without any exported model files."""
-    shutil.copytree(DEFAULT_REPOSITORY, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_FILES))
+    """The committed repository (configs and model.py files) without exported model files or variants."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in committed_model_dirs():
+        shutil.copytree(DEFAULT_REPOSITORY / name, target / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*MODEL_FILES))
     return target
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import string
 from pathlib import Path
 
 import torch
 
+from conftest import committed_model_dirs, copy_repository_configs  # noqa: F401 (re-exported)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_REPOSITORY = PROJECT_ROOT / "model_repository"
-MODEL_FILES = ("*.onnx", "*.onnx.data", "*.plan", "tokenizer.json", "export.json")
 
 _WORDS = (
     "the of a in is was what who where when how many which capital france paris city population "
@@ -115,12 +115,6 @@ def write_dle_checkpoint(folder: Path, *, seed: int = 0, cased: bool = False, wr
     (folder / "bert_config.json").write_text(json.dumps(dle_bert_config(model, len(vocab))), encoding="utf-8")
     write_vocab(folder / "vocab.txt", vocab)
     return pt_file, model
-
-
-def copy_repository_configs(target: Path) -> Path:
-    """The committed repository (configs and model.py files) without exported model files."""
-    shutil.copytree(COMMITTED_REPOSITORY, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*MODEL_FILES))
-    return target
 
 
 def tree_snapshot(root: Path) -> dict[str, bytes]:

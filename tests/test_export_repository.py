@@ -15,7 +15,8 @@ from bertqa.export.tensorrt import profile_shapes
 from bertqa.squad import dev_slice_path
 from bertqa.repository import PipelineConfigError, check_window_capacity, plan_loading
 from bertqa.text import WindowingConfig
-from export_helpers import COMMITTED_REPOSITORY, copy_repository_configs, tree_snapshot, write_dle_checkpoint, write_hf_checkpoint
+from export_helpers import (COMMITTED_REPOSITORY, committed_model_dirs, copy_repository_configs, tree_snapshot,
+                            write_dle_checkpoint, write_hf_checkpoint)
 
 BERT_INPUTS = list(repo.BERT_INPUTS)
 BERT_OUTPUTS = list(repo.BERT_OUTPUTS)
@@ -43,9 +44,22 @@ def repository(tmp_path):
 def test_committed_repository_is_exactly_what_the_generators_write():
     """Every config.pbtxt and model.py of model_repository/ is generated (protobuf + text_format)."""
     generated = repo.committed_repository_files()
-    committed = {str(p.relative_to(COMMITTED_REPOSITORY)): p.read_text() for p in COMMITTED_REPOSITORY.rglob("*")
-                 if p.is_file() and p.name in ("config.pbtxt", "model.py")}
+    files = [p for p in COMMITTED_REPOSITORY.rglob("*") if p.is_file() and p.name in ("config.pbtxt", "model.py")]
+    # Variants that `make serve` / `bertqa export` wrote into this checkout are not committed (.gitignore).
+    ignored = set(_git_ignored(files))
+    committed = {str(p.relative_to(COMMITTED_REPOSITORY)): p.read_text() for p in files if p not in ignored}
     assert committed == generated
+
+
+def _git_ignored(paths: list[Path]) -> list[Path]:
+    import subprocess
+
+    root = COMMITTED_REPOSITORY.parent
+    if not (root / ".git").exists() or not paths:
+        return []
+    result = subprocess.run(["git", "check-ignore", "--no-index", *map(str, paths)], cwd=root, capture_output=True,
+                            text=True)
+    return [Path(line) for line in result.stdout.splitlines()]
 
 
 def test_every_model_py_is_the_one_generated_shim():
@@ -54,7 +68,9 @@ def test_every_model_py_is_the_one_generated_shim():
 
     for name, text in repo.BACKEND_SOURCES.items():
         assert (PROJECT_ROOT / "bertqa" / "backends" / name / "model.py").read_text() == text
-    shims = sorted((PROJECT_ROOT / "bertqa" / "backends").glob("*/model.py")) + sorted(COMMITTED_REPOSITORY.rglob("model.py"))
+    committed = [p for p in COMMITTED_REPOSITORY.rglob("model.py") if p.relative_to(COMMITTED_REPOSITORY).parts[0]
+                 in committed_model_dirs()]
+    shims = sorted((PROJECT_ROOT / "bertqa" / "backends").glob("*/model.py")) + committed
     assert len(shims) == len(repo.BACKEND_SOURCES) + 2
 
 
@@ -66,6 +82,24 @@ def test_windowing_parameters_of_the_committed_preprocess_are_windowing_config_d
     config = repo.parse_config((COMMITTED_REPOSITORY / "qa_preprocess" / "config.pbtxt").read_text(), "qa_preprocess")
     params = parse_parameters(json_format.MessageToDict(config, preserving_proto_field_name=True), PreprocessParameters)
     assert params.windowing() == WindowingConfig() and params.bert_model == "bert_onnx"
+
+
+def test_only_qa_preprocess_has_a_dynamic_batcher():
+    """qa_preprocess batches across requests; behind it a Triton 2.51 dynamic batcher would busy-wait on
+    requests of mixed shapes (sequence buckets, window counts) while the instance is busy."""
+    profiles = profile_shapes(16, (128, 384))
+    configs = {
+        "onnx": repo.onnx_model_config("m", BERT_INPUTS, BERT_OUTPUTS),
+        "tensorrt": repo.tensorrt_model_config("t", BERT_INPUTS, BERT_OUTPUTS, profiles, max_batch_size=16),
+        "postprocess": repo.postprocess_config(),
+        "committed bert_onnx": (COMMITTED_REPOSITORY / "bert_onnx" / "config.pbtxt").read_text(),
+        "committed qa_postprocess": (COMMITTED_REPOSITORY / "qa_postprocess" / "config.pbtxt").read_text(),
+    }
+    for label, text in configs.items():
+        assert not repo.parse_config(text, label).HasField("dynamic_batching"), label
+        assert "busy-waits" in text, label  # the config says why
+    preprocess = repo.preprocess_config("qa_preprocess_x", WindowingConfig(), "m")
+    assert repo.parse_config(preprocess, "qa_preprocess_x").HasField("dynamic_batching")
 
 
 def test_onnx_config_gpu_accelerators_parse():
