@@ -71,6 +71,9 @@ class Supervisor:
         self._steps: dict[str, list[str]] = {}  # ensemble -> its step models
         self._canary_models: set[str] = set()
         self._broken_since: dict[str, float] = {}
+        # (succeeded, failed) per canary model after its last check: requests that succeeded since then,
+        # with none failing, prove the model healthy without a canary (no probe competes with real load).
+        self._checked_counts: dict[str, tuple[int, int] | None] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -184,8 +187,16 @@ class Supervisor:
             await self._sleep(0.2)
 
     async def _check(self, failures: dict[str, int], reloads: dict[str, int]) -> None:
-        models = [m for m in self.state.public if m in self._canary_models]
-        before = await asyncio.gather(*(self._completions(m) for m in models))
+        candidates = [m for m in self.state.public if m in self._canary_models]
+        models, before = [], []
+        for model, counts in zip(candidates, await asyncio.gather(*(self._counts(m) for m in candidates))):
+            last = self._checked_counts.get(model)
+            self._checked_counts[model] = counts
+            if (counts and last and model not in self.state.broken and counts[0] > last[0] and counts[1] == last[1]):
+                failures[model] = reloads[model] = 0  # real requests succeeded since the last check: no probe
+                continue
+            models.append(model)
+            before.append(sum(counts) if counts else None)
         # Lenient: any well-formed answer will do (a model may rightly find no span in the canary text).
         results = await asyncio.gather(*(asyncio.to_thread(probe, self.triton_http, m, self.health.canary_timeout_s,
                                                            require_answer=False) for m in models))
@@ -204,6 +215,8 @@ class Supervisor:
             else:
                 failures[model] = failures.get(model, 0) + 1
                 await self._judge(model, result.reason, result.status is None, failures[model], reloads)
+        for model, counts in zip(models, await asyncio.gather(*(self._counts(m) for m in models))):
+            self._checked_counts[model] = counts  # the canary's own request is not evidence next time
 
     async def _judge(self, model: str, reason: str, timed_out: bool, failures: int, reloads: dict[str, int]) -> None:
         """Heals when the failure is the server's: a stub that is dead (Triton names it) or stopped
@@ -235,11 +248,16 @@ class Supervisor:
     async def _completions(self, model: str) -> int | None:
         """Requests the ensemble has finished so far (answered or failed), from Triton's statistics.
         If any finish while the canary waits, the pipeline flows: busy, not wedged."""
+        counts = await self._counts(model)
+        return sum(counts) if counts else None
+
+    async def _counts(self, model: str) -> tuple[int, int] | None:
+        """(succeeded, failed) requests of the ensemble so far, from Triton's statistics."""
         stats = await self._get_json(f"/v2/models/{model}/stats", timeout=2)
         if not stats:
             return None
         counts = [m.get("inference_stats", {}) for m in stats.get("model_stats", [])]
-        return sum(int(c.get(k, {}).get("count", 0)) for c in counts for k in ("success", "fail"))
+        return tuple(sum(int(c.get(k, {}).get("count", 0)) for c in counts) for k in ("success", "fail"))
 
     async def _heal(self, model: str, reason: str, broken: list[str], reloads: dict[str, int]) -> None:
         if model not in self._broken_since:
@@ -282,6 +300,7 @@ class Supervisor:
         self._canary_models = {name for name, c in configs.items()
                                if name in self._steps and {"question", "context"} <= {i["name"] for i in c.get("input", [])}}
         self._broken_since.clear()
+        self._checked_counts.clear()
         self.state.broken.clear()
         log.info("public models %s; canary through %s", self.state.public, sorted(self._canary_models))
 

@@ -238,6 +238,26 @@ def test_dead_tritonserver_is_restarted(server):
     assert send(server, "GET", "/v2/health/ready")[0] == 200
 
 
+def test_canary_probes_only_idle_models(server):
+    """Requests that succeed prove the ensemble healthy: under steady traffic the canary sends none of its
+    own (they would compete with that traffic for the cores); while the model is idle it keeps probing."""
+    def succeeded() -> int:
+        status, payload = send(server, "GET", "/v2/models/bert_qa/stats")
+        assert status == 200, payload
+        return sum(int(m["inference_stats"]["success"]["count"]) for m in json.loads(payload)["model_stats"])
+
+    assert wait_until_answered(server, time.monotonic())[0] < 60  # after the tests above: serving again
+    before = succeeded()
+    time.sleep(3.5)  # canary_interval_s is 1 s here
+    assert succeeded() - before >= 2, "an idle model is no longer probed"
+    before, sent, began = succeeded(), 0, time.monotonic()
+    while time.monotonic() - began < 4.0:
+        assert send(server, "POST", "/v2/models/bert_qa/infer", canary_body())[0] == 200
+        sent += 1
+    # At most one probe: the check that ran as the traffic began, before any of it had finished.
+    assert succeeded() - before - sent <= 1
+
+
 # --- bounded soak: every request answered exactly once, with its own answer -----------------------------
 
 
