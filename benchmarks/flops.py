@@ -56,3 +56,35 @@ def flops_per_sequence(shape: BertShape, seq_len: int) -> float:
 
 def model_flop_utilisation(shape: BertShape, seq_len: int, sequences_per_s: float, peak_flops: float) -> float:
     return flops_per_sequence(shape, seq_len) * sequences_per_s / peak_flops
+
+
+# ONNX Runtime op types that are matrix products (attention fused into one op counts: its time is mostly GEMMs).
+MATMUL_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "Attention", "MultiHeadAttention"})
+
+
+def ort_op_times(model_path, feeds: dict, runs: int = 5) -> dict[str, float]:
+    """Seconds per run spent in each ONNX Runtime op type (its profiler, ORT_ENABLE_ALL as served), after a warm-up."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(tmp, "ort")
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(open(session.end_profiling()).read())
+    per_op: dict[str, float] = {}
+    node_runs = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + event["dur"] / 1e6
+            node_runs[event["name"]] = node_runs.get(event["name"], 0) + 1
+    total_runs = max(node_runs.values()) if node_runs else 1  # the warm-up run is profiled too
+    return {op: seconds / total_runs for op, seconds in sorted(per_op.items(), key=lambda kv: -kv[1])}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from benchmarks.flops import MATMUL_OPS
+
 FP32 = "ORT FP32"
 
 
@@ -32,6 +34,11 @@ def _f1_ratio(results: dict, key: str) -> float:
     return results["inprocess"][key]["f1"] / results["inprocess"][FP32]["f1"]
 
 
+def _inprocess_speed(row: dict) -> float:
+    """In-process questions/s on the questions the served rows answer (older results: on the whole sample)."""
+    return row.get("served_pairs_questions_per_s", row["questions_per_s"])
+
+
 def targets(results: dict) -> list[dict]:
     """Issue 13's targets: what is required, the ratio measured in this run, and what it is made of."""
     out = []
@@ -52,6 +59,12 @@ def targets(results: dict) -> list[dict]:
                     m["pairs_per_s"] / hf["questions_per_s"],
                     f"{key} at concurrency {m['concurrency']}: {m['pairs_per_s']:.2f} vs {hf['questions_per_s']:.2f} "
                     f"questions/s; F1 {inproc[key]['f1']:.2f} = {_f1_ratio(results, key):.1%} of FP32", low=8.0)
+        if eligible:
+            key = max(eligible, key=lambda k: _inprocess_speed(inproc[k]))
+            add("best in-process variant / HF pipeline (the most a server of this checkpoint could reach)", "compared",
+                _inprocess_speed(inproc[key]) / hf["questions_per_s"],
+                f"{key} in-process, one question at a time, no serving at all: {_inprocess_speed(inproc[key]):.2f} vs "
+                f"{hf['questions_per_s']:.2f} questions/s")
     bf16, fp32 = _best(results, "OpenVINO BF16"), _best(results, "OpenVINO FP32")
     if bf16 and fp32:
         ok = _f1_ratio(results, "OpenVINO BF16") >= 0.99
@@ -62,17 +75,30 @@ def targets(results: dict) -> list[dict]:
     default = results.get("default")
     if default:
         best = _best(results, default)
-        add(f"served / in-process, same engine ({default})", ">= 0.95", best["pairs_per_s"] / inproc[default]["questions_per_s"],
-            f"{best['pairs_per_s']:.2f} served (concurrency {best['concurrency']}) vs {inproc[default]['questions_per_s']:.2f} "
-            f"in-process questions/s, one question at a time", low=0.95)
+        add(f"served / in-process, same engine ({default})", ">= 0.95", best["pairs_per_s"] / _inprocess_speed(inproc[default]),
+            f"{best['pairs_per_s']:.2f} served (concurrency {best['concurrency']}) vs {_inprocess_speed(inproc[default]):.2f} "
+            f"in-process questions/s, one question at a time, same questions", low=0.95)
     base = results["checks"].get("bert_base")
     if base:
         util = base["sequences_per_s"] * base["gflop_per_sequence"] / results["gemm"]["peak_gflops"]
         add("FP32 model FLOP utilisation (BERT-base, ORT in-process) / GEMM peak", ">= 0.9", util,
             f"{base['sequences_per_s']:.2f} seq/s x {base['gflop_per_sequence']:.1f} GFLOP vs peak "
             f"{results['gemm']['peak_gflops']:.1f} GFLOP/s", low=0.9)
+        if base.get("matmul_seconds"):
+            total = sum(base["op_seconds"].values())
+            add("BERT-base FP32: FLOP/s while in matrix-product ops / GEMM peak (ORT profiler)", "compared",
+                base["gflop_per_sequence"] / base["matmul_seconds"] / results["gemm"]["peak_gflops"],
+                f"matrix products {base['matmul_seconds'] * 1000:.0f} of {total * 1000:.0f} ms per sequence "
+                f"({base['matmul_seconds'] / total:.0%}); the rest: " + ", ".join(
+                    f"{op} {s / total:.0%}" for op, s in list(base["op_seconds"].items())[:6] if op not in MATMUL_OPS))
     scenario = results["checks"].get("server_scenario")
-    if scenario and scenario["md1_rate"]:
+    if scenario and scenario.get("mg1_rate"):
+        add(f"Server scenario: highest Poisson rate with p99 <= 130 ms / M/G/1 ({scenario['variant']})", "compared",
+            scenario["best_rate"] / scenario["mg1_rate"],
+            f"{scenario['best_rate']:.1f}/s met (of {', '.join(format(p['rate'], '.1f') for p in scenario['points'])} tried) vs "
+            f"M/G/1 {scenario['mg1_rate']:.1f}/s (measured service times, mean {scenario['service_ms']:.0f} ms) and "
+            f"M/D/1 {scenario['md1_rate']:.1f}/s (every request {scenario['service_ms']:.0f} ms)")
+    elif scenario and scenario["md1_rate"]:
         add(f"Server scenario: highest Poisson rate with p99 <= 130 ms / M/D/1 ({scenario['variant']})", "compared",
             scenario["best_rate"] / scenario["md1_rate"],
             f"{scenario['best_rate']:.1f}/s met (of {', '.join(format(p['rate'], '.1f') for p in scenario['points'])} tried) vs "
@@ -183,7 +209,8 @@ def markdown(results: dict, png_name: str) -> str:
     hf = results.get("hf")
     if hf:
         lines += ["", f"Hugging Face `pipeline(\"question-answering\")` on PyTorch FP32 (same checkpoint, {hf['detail']}): "
-                  f"{hf['questions_per_s']:.2f} questions/s on the first {hf['questions']} questions (F1 {hf['f1']:.2f})."]
+                  f"{hf['questions_per_s']:.2f} questions/s on the first {hf['questions']} questions, the ones the served "
+                  f"rows answer (F1 {hf['f1']:.2f})."]
     lines += ["", "In-process: tokenize + model + span decoding in this process, one question at a time. Served: "
               "`bertqa bench` over HTTP, closed loop, warm-up then stable windows.", "", "### Served throughput and latency", ""]
     srows = [[mm["system"], mm["detail"], _fmt(mm["pairs_per_s"]), _fmt(mm["latency_ms"].get("p50"), 0),
@@ -214,12 +241,24 @@ def _scenario(checks: dict) -> list[str]:
     s = checks.get("server_scenario")
     if not s:
         return []
-    lines = ["", "## Server scenario (MLPerf-style Poisson arrivals, p99 <= 130 ms)", "",
-             f"{s['variant']}, HTTP. Service time one request at a time: {s['service_ms']:.1f} ms, so an M/D/1 queue "
-             f"(deterministic service, one server) keeps p99 time-in-system within 130 ms up to {s['md1_rate']:.1f} "
-             "requests/s (`benchmarks/queueing.py`, Lindley's recursion). Rates around that bound were offered; the "
-             "dynamic batcher lets the server beat it when merged requests cost less than one each.", ""]
-    return lines + _table(["offered /s", "of the M/D/1 rate", "achieved /s", "p50 ms", "p99 ms", "p99 <= 130 ms"],
+    if not s.get("mg1_rate"):
+        lines = ["", "## Server scenario (MLPerf-style Poisson arrivals, p99 <= 130 ms)", "",
+                 f"{s['variant']}, HTTP. Service time one request at a time: {s['service_ms']:.1f} ms; M/D/1 bound "
+                 f"{s['md1_rate']:.1f} requests/s.", ""]
+        basis = "of the M/D/1 rate"
+    else:
+        lines = ["", "## Server scenario (MLPerf-style Poisson arrivals, p99 <= 130 ms)", "",
+                 f"{s['variant']}, HTTP. Served one request at a time, a question takes {s['service_ms']:.1f} ms on "
+                 f"average, but real SQuAD questions differ (a long context needs several windows): shaped like the "
+                 f"in-process times of the same questions, p50 {s['service_p50_ms']:.1f} ms and p99 "
+                 f"{s['service_p99_ms']:.1f} ms. A single-server queue fed Poisson arrivals (`benchmarks/queueing.py`, "
+                 f"Lindley's recursion) keeps p99 time-in-system within 130 ms up to {s['mg1_rate']:.1f} requests/s with "
+                 f"those service times (M/G/1), and up to {s['md1_rate']:.1f}/s if every request took the mean (M/D/1). "
+                 "Rates around the M/G/1 bound were offered; batching across requests lets the server beat it when "
+                 f"merged requests cost less than one each. Health canaries every {s.get('canary_interval_s', 2):g} s "
+                 "(idle ensembles only).", ""]
+        basis = "of the M/G/1 rate"
+    return lines + _table(["offered /s", basis, "achieved /s", "p50 ms", "p99 ms", "p99 <= 130 ms"],
                           [[_fmt(p["rate"], 1), f"{p['fraction']:.0%}", _fmt(p["achieved"], 1), _fmt(p["p50_ms"], 0),
                             _fmt(p["p99_ms"], 0), "yes" if p["met"] else "no"] for p in s["points"]])
 
@@ -269,7 +308,29 @@ def _retired(results: dict) -> list[str]:
             f"- **p99 / p50 <= 1.5 at 70 % load (Server scenario)**: with Poisson arrivals even an ideal server with a "
             f"constant service time (M/D/1) has p99 / p50 = {ratio:.1f} at 70 % utilisation (`benchmarks/queueing.py`): "
             "the target measured the arrival process, not the server. It is replaced by MLPerf's own form: the highest "
-            "Poisson rate whose p99 stays within 130 ms, next to what an M/D/1 queue with the measured service time allows."]
+            "Poisson rate whose p99 stays within 130 ms, next to what M/G/1 and M/D/1 queues with the measured service "
+            "times allow."] + _eightfold(results)
+
+
+def _eightfold(results: dict) -> list[str]:
+    """Why the >= 8x target is out of reach on this machine, from this run's own figures."""
+    hf, inproc = results.get("hf"), results["inprocess"]
+    eligible = [k for k in inproc if _f1_ratio(results, k) >= 0.99]
+    if not hf or not eligible:
+        return []
+    key = max(eligible, key=lambda k: _inprocess_speed(inproc[k]))
+    ceiling = _inprocess_speed(inproc[key]) / hf["questions_per_s"]
+    if ceiling >= 8:
+        return []
+    return ["", "### Why >= 8x over the HF pipeline is out of reach here", "",
+            f"The target assumed the pipeline answers 6.8-7.8 questions/s on this checkpoint; measured here it answers "
+            f"{hf['questions_per_s']:.1f}. With one question per call the pipeline pads nothing (each sequence is as long "
+            "as its question and context), and PyTorch runs a 6-layer, 384-wide model efficiently. The fastest variant "
+            f"that keeps 99 % of FP32's F1 ({key}) answers {_inprocess_speed(inproc[key]):.1f} questions/s in-process "
+            f"with no serving at all: {ceiling:.2f}x the pipeline. No server of this checkpoint on this machine can go "
+            "beyond that by more than what batching across requests adds, so 8x needs a cheaper model (fewer layers, "
+            "pruning) at the same accuracy, or more cores; the served / in-process row says how much of the ceiling "
+            "the server keeps."]
 
 
 def write_report(results: dict, output: Path) -> list[Path]:

@@ -6,7 +6,7 @@ questions (the official file when fetched with `bertqa data squad`, else the com
 in-process F1 and questions/s of each variant, the Hugging Face pipeline on the same checkpoint,
 then one embedded Triton serving every variant: `bertqa bench` at concurrency 1/4/16 over HTTP (gRPC
 for the default), perf_analyzer beside bench on the same server and data, the MLPerf Server scenario
-(highest Poisson rate with p99 <= 130 ms against an M/D/1 queue) and the sequence-length buckets
+(highest Poisson rate with p99 <= 130 ms against M/D/1 and M/G/1 queues) and the sequence-length buckets
 against padding to 384. A dense GEMM peak and BERT-base FP32 in-process give the FLOP-utilisation guard.
 """
 
@@ -57,11 +57,13 @@ FP32 = "ORT FP32"
 class Profile:
     name: str
     questions: int = 400  # the fixed SQuAD dev sample: F1 and in-process speed of every variant
-    hf_questions: int = 100  # the HF pipeline's share of the sample (it is the slowest)
-    served_pairs: int = 200  # pairs `bertqa bench` and perf_analyzer send
+    served_pairs: int = 200  # pairs `bertqa bench`, perf_analyzer and the HF pipeline send (ratios on one set)
     concurrencies: tuple[int, ...] = (1, 4, 16)
     served: ServedSettings = field(default_factory=lambda: ServedSettings(window_s=2.5, warmup_s=2.0, max_trials=3))
-    scenario_fractions: tuple[float, ...] = (0.6, 1.0, 1.4)  # Poisson rates, as fractions of the M/D/1 bound
+    scenario_fractions: tuple[float, ...] = (0.6, 0.8, 1.0, 1.2)  # Poisson rates, as fractions of the M/G/1 bound
+    # Health canaries of the 7 loaded ensembles every 10 s instead of 2 s (`--canary-interval`): idle variants'
+    # probes would otherwise land in the measured one's latencies (a busy ensemble is not probed at all).
+    canary_interval_s: float = 10.0
     scenario_window_s: float = 5.0
     perf_analyzer_interval_ms: int = 3000
     gemm_seconds: float = 1.0
@@ -73,7 +75,7 @@ class Profile:
 PROFILES = {
     "full": Profile("full"),
     # The orchestrator end to end in a few minutes (and in the tests, with a tiny checkpoint).
-    "smoke": Profile("smoke", questions=24, hf_questions=8, served_pairs=16, concurrencies=(1, 4),
+    "smoke": Profile("smoke", questions=24, served_pairs=16, concurrencies=(1, 4),
                      served=ServedSettings(window_s=0.7, warmup_s=0.3, max_trials=3), scenario_fractions=(1.0,),
                      scenario_window_s=1.0, perf_analyzer_interval_ms=800, gemm_seconds=0.05, bert_base_seconds=0,
                      full_dev_questions=24),
@@ -134,7 +136,7 @@ class Run:
             self.results["data"] = {"source": source, "questions": len(examples)}
             repository = self.export_all()
             self.in_process(repository, examples)
-            self.hf_pipeline(examples[: self.profile.hf_questions])
+            self.hf_pipeline(examples[: self.profile.served_pairs])
             self.served(repository, examples[: self.profile.served_pairs])
             if self.profile.bert_base_seconds:
                 self.bert_base_utilisation()
@@ -172,13 +174,18 @@ class Run:
             pipeline = ReferencePipeline.from_repository(repository, v.model)
             for e in examples[:5]:
                 pipeline.answer([e.question], [e.context])
-            predictions, begin = {}, time.perf_counter()
+            predictions, each = {}, []
             for e in examples:
+                begin = time.perf_counter()
                 predictions[e.id] = pipeline.answer([e.question], [e.context])[0].text
-            seconds = time.perf_counter() - begin
+                each.append(time.perf_counter() - begin)
+            seconds = sum(each)
+            served = each[: self.profile.served_pairs]  # the questions `bertqa bench` sends: ratios on one set
             em, f1 = squad_scores(predictions, examples)
             self.results["inprocess"][v.key] = {"exact_match": em, "f1": f1, "questions_per_s": len(examples) / seconds,
-                                                "questions": len(examples), "predictions": predictions}
+                                                "questions": len(examples), "predictions": predictions,
+                                                "served_pairs_questions_per_s": len(served) / sum(served),
+                                                "served_pairs_seconds": served}
             self.log(f"in-process {v.key}: EM {em:.2f} F1 {f1:.2f}, {len(examples) / seconds:.1f} questions/s")
             del pipeline
         base = self.results["inprocess"][FP32]["predictions"]
@@ -207,11 +214,13 @@ class Run:
     # ---------------------------------------------------------------------------------------------
     def served(self, repository: Path, examples) -> None:
         from bertqa.server import EmbeddedServer, free_ports
+        from bertqa.supervisor import HealthConfig
 
         pairs = Workload("SQuAD dev", [e.question for e in examples], [e.context for e in examples], None)
         http, grpc, metrics = free_ports(3)
         server = EmbeddedServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                host="127.0.0.1", log_file=self.workdir / "tritonserver.log")
+                                host="127.0.0.1", log_file=self.workdir / "tritonserver.log",
+                                health=HealthConfig(canary_interval_s=self.profile.canary_interval_s))
         self.step("starting tritonserver with every variant")
         server.start()
         try:
@@ -313,19 +322,23 @@ class Run:
                                                        Path("pairs.json"), 1))}
 
     def server_scenario(self, server, pairs, default: str) -> None:
-        """MLPerf Server: Poisson arrivals; the highest tried rate with p99 <= 130 ms, next to M/D/1."""
-        from benchmarks.queueing import md1_max_rate
+        """MLPerf Server: Poisson arrivals; the highest tried rate with p99 <= 130 ms, next to M/D/1 and M/G/1."""
+        from benchmarks.queueing import md1_max_rate, mg1_max_rate
         from bertqa.client.bench import Load
 
         variant = next(v for v in self.variants if v.key == default)
         single = next(m for m in self.results["measurements"]
                       if m["system"] == f"Triton {variant.ensemble} ({default}) HTTP" and m["concurrency"] == 1)
         service_ms = 1000.0 / single["pairs_per_s"]  # one request at a time: the mean service time
+        # M/G/1: the served mean, shaped like the in-process per-question times of the same questions.
+        shape = self.results["inprocess"][default]["served_pairs_seconds"]
+        service_s = [s * (service_ms / 1000.0) / (sum(shape) / len(shape)) for s in shape]
         settings = replace(self.profile.served, window_s=self.profile.scenario_window_s)
         md1_rate = md1_max_rate(service_ms / 1000.0, MLPERF_P99_MS / 1000.0)
+        mg1_rate = mg1_max_rate(service_s, MLPERF_P99_MS / 1000.0)
         points = []
-        for fraction in self.profile.scenario_fractions:  # around the M/D/1 bound: does batching beat it?
-            rate = fraction * md1_rate
+        for fraction in self.profile.scenario_fractions:  # around the M/G/1 bound: does batching beat it?
+            rate = fraction * (mg1_rate or md1_rate)
             if rate <= 0:
                 continue
             self.step(f"Server scenario: Poisson {rate:.1f}/s")
@@ -334,9 +347,12 @@ class Run:
             points.append({"rate": rate, "fraction": fraction, "achieved": m["pairs_per_s"], "p50_ms": m["latency_ms"]["p50"],
                            "p99_ms": m["latency_ms"]["p99"], "met": m["latency_ms"]["p99"] <= MLPERF_P99_MS})
         met = [p["rate"] for p in points if p["met"]]
+        ordered = sorted(service_s)
         self.results["checks"]["server_scenario"] = {
             "variant": default, "points": points, "best_rate": max(met) if met else 0.0, "service_ms": service_ms,
-            "md1_rate": md1_rate}
+            "md1_rate": md1_rate, "mg1_rate": mg1_rate, "canary_interval_s": self.profile.canary_interval_s,
+            "service_p50_ms": 1000 * ordered[len(ordered) // 2],
+            "service_p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
     def length_buckets(self, server, pairs, repository: Path) -> None:
         """Served buckets vs every window padded to 384 (OpenVINO INT8, concurrency 16) and the FLOP bound."""
@@ -372,8 +388,18 @@ class Run:
         m = reference_throughput(ReferencePipeline.from_repository(repository), workload, batch_size=1,
                                  min_seconds=self.profile.bert_base_seconds, system="in-process ORT FP32", shape="bert-base")
         shape = BertShape.from_hf_config(checkpoint, "bert-base")
+        # Where the time goes: ONNX Runtime's profiler, one 384-token sequence per run (as measured above).
+        import numpy as np
+
+        from benchmarks.flops import MATMUL_OPS, ort_op_times
+
+        feeds = {name: np.ones((1, 384), dtype=np.int64) for name in ("input_ids", "attention_mask")}
+        feeds["token_type_ids"] = np.zeros((1, 384), dtype=np.int64)
+        ops = ort_op_times(repository / "bert_onnx" / "1" / "model.onnx", feeds)
         self.results["checks"]["bert_base"] = {"sequences_per_s": m.pairs_per_s, "gflop_per_sequence":
-                                               flops_per_sequence(shape, 384) / 1e9, "detail": m.detail}
+                                               flops_per_sequence(shape, 384) / 1e9, "detail": m.detail,
+                                               "op_seconds": ops,
+                                               "matmul_seconds": sum(s for op, s in ops.items() if op in MATMUL_OPS)}
 
 
 def main(argv=None) -> int:
@@ -398,6 +424,7 @@ def main(argv=None) -> int:
     results["machine_note"] = args.machine_note
     for row in results["inprocess"].values():
         row.pop("predictions", None)
+        row.pop("served_pairs_seconds", None)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str))

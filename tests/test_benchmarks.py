@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import report
@@ -109,6 +110,44 @@ def test_targets_on_synthetic_results():
     assert scenario["measured"] == pytest.approx(0.8) and scenario["met"] is None
 
 
+def test_targets_with_same_question_speeds_mg1_and_op_profile():
+    results = synthetic_results()
+    for row in results["inprocess"].values():
+        row["served_pairs_questions_per_s"] = row["questions_per_s"] * 2  # the served questions are shorter
+    results["checks"]["server_scenario"].update(mg1_rate=9.0, service_p50_ms=40.0, service_p99_ms=150.0,
+                                                canary_interval_s=10.0)
+    results["checks"]["bert_base"].update(op_seconds={"MatMul": 0.875, "Softmax": 0.1, "Add": 0.025},
+                                          matmul_seconds=0.875)
+    rows = {t["target"]: t for t in targets(results)}
+    assert rows["served / in-process, same engine (OpenVINO BF16)"]["measured"] == pytest.approx(1 / 2.04)
+    ceiling = rows["best in-process variant / HF pipeline (the most a server of this checkpoint could reach)"]
+    assert ceiling["measured"] == pytest.approx(20.0 * 2.04 / 2.0) and "OpenVINO BF16" in ceiling["basis"]
+    scenario = rows["Server scenario: highest Poisson rate with p99 <= 130 ms / M/G/1 (OpenVINO BF16)"]
+    assert scenario["measured"] == pytest.approx(8.0 / 9.0) and "M/D/1 10.0/s" in scenario["basis"]
+    matmul = rows["BERT-base FP32: FLOP/s while in matrix-product ops / GEMM peak (ORT profiler)"]
+    assert matmul["measured"] == pytest.approx(70 / 0.875 / 80) and "Softmax 10%" in matmul["basis"]
+    text = report.markdown(results, "x.png")
+    assert "of the M/G/1 rate" in text and "p99 150.0 ms" in text
+    results["hf"]["questions_per_s"] = 10.0  # the ceiling is now under 8x: the report says why
+    assert "Why >= 8x over the HF pipeline is out of reach here" in report.markdown(results, "x.png")
+
+
+def test_ort_op_times_profiles_a_matmul(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from benchmarks.flops import ort_op_times
+
+    weight = numpy_helper.from_array(np.ones((64, 64), dtype=np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "W"], ["Y"]), helper.make_node("Relu", ["Y"], ["Z"])],
+                              "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [None, 64])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "m.onnx"))
+    ops = ort_op_times(tmp_path / "m.onnx", {"A": np.ones((256, 64), dtype=np.float32)}, runs=3)
+    assert ops.get("MatMul", 0) > 0 or ops.get("FusedMatMul", 0) > 0, ops
+
+
 def test_full_dev_rule_reads_the_default_row_by_name():
     results = synthetic_results()
     results["full_dev"] = {"note": "SQuAD v1.1 dev", "questions": 10570, "rows": [
@@ -131,6 +170,16 @@ def test_report_writer(tmp_path):
     assert "Test CPU" in text and "## Targets" in text and "make bench" in text and "## Retired targets" in text
     assert "CPU default by measurement: OpenVINO BF16" in text and "1.50x" in text  # buckets / padded served
     assert "nan" not in text.lower().replace("nano", "")
+
+
+def test_mg1_variable_service_allows_less_than_constant_service():
+    from benchmarks.queueing import md1_max_rate, mg1_max_rate, mg1_percentile
+
+    mixed = [0.008] * 9 + [0.05]  # mean 12.2 ms: most questions one short window, some several
+    assert mg1_percentile(20.0, [0.0122], 99) == pytest.approx(mg1_percentile(20.0, [0.0122] * 3, 99))
+    assert mg1_percentile(20.0, mixed, 99) > mg1_percentile(20.0, [0.0122], 99)
+    assert 0 < mg1_max_rate(mixed, 0.130) < md1_max_rate(0.0122, 0.130)
+    assert mg1_max_rate([0.2, 0.01], 0.130) == 0.0  # p99 of the service alone is over the bound
 
 
 def test_md1_queue_bound():
@@ -160,5 +209,9 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert full[0]["label"] == "ORT FP32" and all(row["questions"] == 24 for row in full)
     assert results["default"] in {row["label"] for row in full}
     assert results["checks"]["perf_analyzer"]["rows"] and results["checks"]["length_buckets"]["served"]["buckets"] > 0
+    # Ratios on one set of questions: the HF pipeline and the in-process speed use the pairs bench sends.
+    assert results["hf"]["questions"] == 16 and all(len(r["served_pairs_seconds"]) == 16 for r in results["inprocess"].values())
+    scenario = results["checks"]["server_scenario"]
+    assert 0 < scenario["mg1_rate"] and scenario["service_p50_ms"] <= scenario["service_p99_ms"]
     written = report.write_report(results, tmp_path / "BENCHMARKS.md")
     assert "## Targets" in written[0].read_text()
