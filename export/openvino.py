@@ -84,6 +84,19 @@ def runtime_parameters(precision: str, *, streams: int = 1, threads: int = 0) ->
     )
 
 
+def bf16_note(capabilities: Sequence[str] | None = None) -> str | None:
+    """Why a BF16 variant will not be fast on this CPU, or None when it will. OpenVINO computes a BF16
+    hint in FP32, silently, on CPUs without native BF16 (AVX512_BF16, AMX, AVX2-VNNI-2)."""
+    if capabilities is None:
+        import openvino as ov
+
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return None
+    return ("this CPU has no native BF16 (OpenVINO's CPU capabilities: " + ", ".join(capabilities) +
+            "): OpenVINO computes the BF16 variant in FP32 here; INT8 (--precision int8) is the fast one")
+
+
 def convert(source, sample_feeds: dict[str, np.ndarray] | None = None):
     """``ov.Model`` from an ONNX file, an IR ``.xml`` or a PyTorch ``BertForQuestionAnswering`` (traced on ``sample_feeds``)."""
     import openvino as ov
@@ -165,6 +178,8 @@ def export_openvino(
     if not reference_batches:
         raise ValueError("reference_batches is empty: the conversion cannot be validated")
     say = log or (lambda message: None)
+    if precision == "bf16" and (note := bf16_note()):
+        say(f"warning: {note}")
     parameters = parameters or runtime_parameters(precision)
     seconds: dict[str, float] = {}
     target_dir = Path(target_dir)

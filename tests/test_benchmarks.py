@@ -172,6 +172,38 @@ def test_report_writer(tmp_path):
     assert "nan" not in text.lower().replace("nano", "")
 
 
+def test_report_says_whether_make_serve_serves_the_measured_default(tmp_path, monkeypatch):
+    makefile = tmp_path / "Makefile"
+    monkeypatch.setattr(report, "MAKEFILE", makefile)
+    makefile.write_text("CPU_DEFAULT_PRECISION ?= bf16\nserve:\n")
+    assert report.served_cpu_default(makefile) == "OpenVINO BF16"
+    assert "`make serve` serves it." in report.markdown(synthetic_results(), "x.png")
+    makefile.write_text("CPU_DEFAULT_PRECISION ?= int8\n")
+    assert "`make serve` serves OpenVINO INT8 (Makefile `CPU_DEFAULT_PRECISION`): it differs" in \
+        report.markdown(synthetic_results(), "x.png")
+    makefile.write_text("CPU_DEFAULT_PRECISION ?=\n")
+    assert report.served_cpu_default(makefile) is None
+
+
+def test_committed_makefile_serves_the_default_the_committed_benchmarks_measured():
+    committed = (Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md").read_text()
+    assert f"**CPU default by measurement: {report.served_cpu_default()}**" in committed
+    assert "it differs" not in committed
+
+
+def test_candidate_order_treats_close_speeds_as_one_and_prefers_accuracy():
+    from benchmarks.run import candidate_order
+
+    speeds = {"ORT FP32": 35.0, "OpenVINO INT8": 110.2, "OpenVINO BF16": 115.8, "ORT INT8": 63.8}
+    f1 = {"ORT FP32": 81.79, "OpenVINO INT8": 81.41, "OpenVINO BF16": 81.54, "ORT INT8": 82.01}
+    assert candidate_order(speeds, f1) == ["OpenVINO BF16", "OpenVINO INT8", "ORT INT8", "ORT FP32"]
+    f1["OpenVINO INT8"] = 81.9  # within 5 % the more accurate goes first, however slightly
+    assert candidate_order(speeds, f1)[:2] == ["OpenVINO INT8", "OpenVINO BF16"]
+    assert candidate_order(speeds, f1, tie=0.0)[:2] == ["OpenVINO BF16", "OpenVINO INT8"]
+    speeds["OpenVINO INT8"] = 100.0  # 14 % slower: speed decides
+    assert candidate_order(speeds, f1)[:2] == ["OpenVINO BF16", "OpenVINO INT8"]
+
+
 def test_mg1_variable_service_allows_less_than_constant_service():
     from benchmarks.queueing import md1_max_rate, mg1_max_rate, mg1_percentile
 

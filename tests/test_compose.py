@@ -398,9 +398,9 @@ def make_repository(root: Path, with_trt_engine: bool = True) -> Path:
     """The committed repository plus TensorRT and int8 variants (as `bertqa export` lays them out), model files faked."""
     from bertqa.export import repository as export_repo
     from bertqa.text import WindowingConfig
+    from export_helpers import copy_repository_configs
 
-    repository = root / "model_repository"
-    shutil.copytree(ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("*.onnx", "*.plan", "tokenizer.json", "__pycache__"))
+    repository = copy_repository_configs(root / "model_repository")
     (repository / "bert_onnx" / "1" / "model.onnx").write_bytes(b"onnx")
     (repository / "qa_preprocess" / "1" / "tokenizer.json").write_text("{}")
     for fmt, platform, filename in (("tensorrt", "tensorrt_plan", "model.plan"), ("onnx-int8", "onnxruntime_onnx", None)):

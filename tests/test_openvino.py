@@ -239,3 +239,11 @@ def test_bad_batch_fails_alone_and_the_model_keeps_serving(served):
         assert request(16, 16).as_numpy("start_logits").shape == (1, 16)
     finally:
         client.close()
+
+
+def test_bf16_note_names_the_missing_hardware():
+    from bertqa.export.openvino import bf16_note
+
+    assert bf16_note(["BF16", "FP32", "INT8"]) is None
+    note = bf16_note(["FP32", "INT8"])
+    assert "no native BF16" in note and "FP32" in note and "--precision int8" in note

@@ -16,7 +16,7 @@ checkpoint_dir="${CHECKPOINT_DIR:-/checkpoint}"
 formats="${EXPORT_FORMATS:-auto}"
 mode="${EXPORT_MODE:-always}"
 # The CPU default chosen by measurement (`make bench`, docs/BENCHMARKS.md); set but empty = none.
-cpu_default="${CPU_DEFAULT_PRECISION-int8}"
+cpu_default="${CPU_DEFAULT_PRECISION-bf16}"
 log() { echo "[bertqa-export] $*" >&2; }
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
