@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Serving needs no PyTorch: tritonserver (nvidia-pytriton), ONNX Runtime, OpenVINO, tokenizers, tritonclient,
-# and NNCF, which quantizes the CPU default (OpenVINO INT8) from the demo's ONNX model on the first `make serve`.
+# and NNCF, so that `make serve CPU_DEFAULT_PRECISION=int8` can quantize the demo's ONNX model (the CPU default is BF16).
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[openvino-int8]"
 	touch $@
