@@ -22,7 +22,7 @@ def _cpu_flags() -> list[str]:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("flags"):
                 flags = line.split(":", 1)[1].split()
-                return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
+                return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
     except OSError:
         pass
     return []
