@@ -34,6 +34,7 @@ from bertqa.paths import PROJECT_ROOT as ROOT
 DEFAULT_OUTPUT = ROOT / "docs" / "BENCHMARKS.md"
 MLPERF_P99_MS = 130.0
 
+
 @dataclass(frozen=True)
 class Variant:
     key: str  # label in the report
