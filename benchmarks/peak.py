@@ -1,5 +1,5 @@
-"""The machine's dense FP32 GEMM peak, measured: ONNX Runtime MatMul (MLAS, the kernels the served
-model runs) and numpy (OpenBLAS) at BERT-like shapes; the best figure is the peak."""
+"""The machine's dense FP32 GEMM peak, measured: ONNX Runtime MatMul (MLAS) and OpenVINO MatMul (oneDNN),
+the kernels the served FP32 models run, and numpy (OpenBLAS), at BERT-like shapes; the best figure is the peak."""
 
 from __future__ import annotations
 
@@ -56,9 +56,21 @@ def _ort_matmul(k: int, n: int, weight: np.ndarray, threads: int):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def _openvino_matmul(m: int, k: int, weight: np.ndarray, threads: int):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    a = ops.parameter([m, k], np.float32, name="A")
+    model = ov.Model([ops.matmul(a, ops.constant(weight), False, False)], [a])
+    properties = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}  # f32: no BF16/AMX shortcut
+    if threads:
+        properties["INFERENCE_NUM_THREADS"] = threads
+    return ov.Core().compile_model(model, "CPU", properties).create_infer_request()
+
+
 def measure_gemm_peak(threads: int = 0, shapes=DEFAULT_SHAPES, seconds: float = 1.0,
-                      engines=("onnxruntime", "numpy"), progress=None) -> GemmPeak:
-    """Best-of-N FP32 GEMM throughput per shape and engine. ``threads`` 0: ONNX Runtime's default."""
+                      engines=("onnxruntime", "openvino", "numpy"), progress=None) -> GemmPeak:
+    """Best-of-N FP32 GEMM throughput per shape and engine. ``threads`` 0: each runtime's default."""
     rng = np.random.default_rng(0)
     peak = GemmPeak(threads)
     for m, k, n in shapes:
@@ -69,6 +81,9 @@ def measure_gemm_peak(threads: int = 0, shapes=DEFAULT_SHAPES, seconds: float = 
             if engine == "numpy":
                 out = np.empty((m, n), dtype=np.float32)
                 seconds_best = _time_best(lambda: np.matmul(a, b, out=out), seconds)
+            elif engine == "openvino":
+                request = _openvino_matmul(m, k, b, threads)
+                seconds_best = _time_best(lambda: request.infer({0: a}), seconds)
             else:
                 session = _ort_matmul(k, n, b, threads)
                 feeds = {"A": a}

@@ -7,7 +7,7 @@ in-process F1 and questions/s of each variant, the Hugging Face pipeline on the 
 then one embedded Triton serving every variant: `bertqa bench` at concurrency 1/4/16 over HTTP (gRPC
 for the default), perf_analyzer beside bench on the same server and data, the MLPerf Server scenario
 (highest Poisson rate with p99 <= 130 ms against M/D/1 and M/G/1 queues) and the sequence-length buckets
-against padding to 384. A dense GEMM peak and BERT-base FP32 in-process give the FLOP-utilisation guard.
+against padding to 384. A dense GEMM peak and BERT-base FP32 in-process (ONNX Runtime and OpenVINO) give the FLOP-utilisation guard.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Profile:
     perf_analyzer_interval_ms: int = 3000
     gemm_seconds: float = 1.0
     bert_base_seconds: float = 8.0  # 0: skip the BERT-base FLOP-utilisation guard
+    utilisation_shape: str = "bert-base"  # the guard's shape (models.SHAPES); smoke runs use a small one
     # The CPU default's accuracy rule is judged on the whole SQuAD v1.1 dev set (0: all 10,570 questions).
     full_dev_questions: int = 0
 
@@ -78,8 +79,8 @@ PROFILES = {
     # The orchestrator end to end in a few minutes (and in the tests, with a tiny checkpoint).
     "smoke": Profile("smoke", questions=24, served_pairs=16, concurrencies=(1, 4),
                      served=ServedSettings(window_s=0.7, warmup_s=0.3, max_trials=3), scenario_fractions=(1.0,),
-                     scenario_window_s=1.0, perf_analyzer_interval_ms=800, gemm_seconds=0.05, bert_base_seconds=0,
-                     full_dev_questions=24),
+                     scenario_window_s=1.0, perf_analyzer_interval_ms=800, gemm_seconds=0.05, bert_base_seconds=0.3,
+                     utilisation_shape="4l-288d", full_dev_questions=24),
 }
 
 
@@ -391,21 +392,29 @@ class Run:
                                                     "pairs": len(pairs), "concurrency": c}
 
     def bert_base_utilisation(self) -> None:
-        """FP32 FLOP utilisation guard: BERT-base shape (random weights), ORT FP32 in-process, 384 tokens, batch 1."""
+        """FP32 FLOP utilisation guard: BERT-base shape (random weights), 384 tokens, batch 1, in-process, through
+        each FP32 engine the project serves (ONNX Runtime, and OpenVINO converted as `bertqa export` does)."""
         from benchmarks.measure import reference_throughput
         from bertqa.reference import ReferencePipeline
+        from bertqa.export.openvino import install_from_repository
 
-        self.step("BERT-base FP32 in-process (FLOP utilisation)")
-        spec = models.SHAPES["bert-base"]
-        base = self.workdir / "bert-base"
+        self.step("BERT-base FP32 in-process, ONNX Runtime and OpenVINO (FLOP utilisation)")
+        spec = models.SHAPES[self.profile.utilisation_shape]
+        base = self.workdir / spec.key
         checkpoint = models.random_checkpoint(spec, base / "checkpoint", tokenizer_dir=self.checkpoint)
         repository = models.committed_configs(base / "model_repository")
         models.export(checkpoint, repository, "onnx", no_eval=True)
+        install_from_repository(repository, "fp32", max_eval=0)
         workload = fixed_length_workload(repository / "qa_preprocess" / "1" / "tokenizer.json", 8, 384)
-        m = reference_throughput(ReferencePipeline.from_repository(repository), workload, batch_size=1,
-                                 min_seconds=self.profile.bert_base_seconds, system="in-process ORT FP32", shape="bert-base")
-        shape = BertShape.from_hf_config(checkpoint, "bert-base")
-        # Where the time goes: ONNX Runtime's profiler, one 384-token sequence per run (as measured above).
+        engines = {}
+        for engine, model in (("ONNX Runtime", "bert_onnx"), ("OpenVINO", "bert_openvino")):
+            m = reference_throughput(ReferencePipeline.from_repository(repository, model), workload, batch_size=1,
+                                     min_seconds=self.profile.bert_base_seconds, system=f"in-process {engine} FP32",
+                                     shape=spec.key)
+            engines[engine] = {"sequences_per_s": m.pairs_per_s, "detail": m.detail}
+            self.log(f"{spec.key} FP32 {engine}: {m.pairs_per_s:.2f} sequences/s")
+        shape = BertShape.from_hf_config(checkpoint, spec.key)
+        # Where ONNX Runtime's time goes: its profiler, one 384-token sequence per run (as measured above).
         import numpy as np
 
         from benchmarks.flops import MATMUL_OPS, ort_op_times
@@ -413,8 +422,9 @@ class Run:
         feeds = {name: np.ones((1, 384), dtype=np.int64) for name in ("input_ids", "attention_mask")}
         feeds["token_type_ids"] = np.zeros((1, 384), dtype=np.int64)
         ops = ort_op_times(repository / "bert_onnx" / "1" / "model.onnx", feeds)
-        self.results["checks"]["bert_base"] = {"sequences_per_s": m.pairs_per_s, "gflop_per_sequence":
-                                               flops_per_sequence(shape, 384) / 1e9, "detail": m.detail,
+        self.results["checks"]["bert_base"] = {"shape": spec.key, "sequences_per_s": engines["ONNX Runtime"]["sequences_per_s"],
+                                               "detail": engines["ONNX Runtime"]["detail"], "engines": engines,
+                                               "gflop_per_sequence": flops_per_sequence(shape, 384) / 1e9,
                                                "op_seconds": ops,
                                                "matmul_seconds": sum(s for op, s in ops.items() if op in MATMUL_OPS)}
 
