@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Serving needs no PyTorch: tritonserver (nvidia-pytriton), ONNX Runtime, OpenVINO, tokenizers, tritonclient,
-# and NNCF, so that `make serve CPU_DEFAULT_PRECISION=int8` can quantize the demo's ONNX model (the CPU default is BF16).
+# and NNCF, so that the CPU default can be INT8 (on CPUs without native BF16) quantized from the demo's ONNX model.
 $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[openvino-int8]"
 	touch $@
@@ -34,12 +34,13 @@ $(VENV)/checkov/bin/checkov: | $(BIN)/python
 install: $(VENV)/.serve-installed
 install-dev: $(VENV)/.dev-installed $(VENV)/checkov/bin/checkov
 
-# The CPU default, chosen by measurement (`make bench`, docs/BENCHMARKS.md): OpenVINO BF16, served as
-# bert_qa_openvino_bf16 beside the FP32 reference bert_qa. Converted from the demo's ONNX model on the first run
-# (and again whenever that ONNX model changes). Its speed needs a CPU with native BF16 (AVX512_BF16, AMX): elsewhere
-# OpenVINO computes it in FP32, and CPU_DEFAULT_PRECISION=int8 is the fast one. fp32 is the third choice,
-# CPU_DEFAULT_PRECISION= none. docker-compose.yml and deploy/kubernetes use the same default (tested).
-CPU_DEFAULT_PRECISION ?= bf16
+# The CPU default, chosen by measurement (`make bench`, docs/BENCHMARKS.md), per CPU: `auto` converts OpenVINO
+# BF16 on CPUs with native BF16 (AVX512_BF16, AMX), where it serves as fast as INT8 and keeps FP32's F1, and
+# OpenVINO INT8 elsewhere (there OpenVINO would emulate BF16, about 30x slower than FP32, so a BF16 variant runs
+# in f32). Served as bert_qa_openvino_bf16 or _int8 (the conversion prints which) beside the FP32 reference bert_qa; converted from the demo's ONNX model on the first run (and again
+# whenever that ONNX model changes). bf16, int8 or fp32 force one; CPU_DEFAULT_PRECISION= none.
+# docker-compose.yml and deploy/kubernetes use the same default (tested).
+CPU_DEFAULT_PRECISION ?= auto
 serve: $(VENV)/.serve-installed
 	$(BIN)/bertqa install-demo
 	$(if $(CPU_DEFAULT_PRECISION),$(BIN)/python -m bertqa.export.openvino --repository model_repository --precision $(CPU_DEFAULT_PRECISION) --if-missing)

@@ -41,6 +41,16 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _openvino_capabilities() -> list[str]:
+    """What OpenVINO computes natively here (BF16 decides the CPU default, `CPU_DEFAULT_PRECISION=auto`)."""
+    try:
+        from bertqa.openvino_runtime import cpu_capabilities
+
+        return cpu_capabilities()
+    except ImportError:
+        return []
+
+
 def describe(triton_version: str | None = None) -> dict:
     import psutil
 
@@ -49,6 +59,7 @@ def describe(triton_version: str | None = None) -> dict:
         "cpu_flags": ", ".join(_cpu_flags()),
         "logical_cpus": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
+        "openvino_cpu_capabilities": _openvino_capabilities(),
         "memory_gib": round(_memory_gib(), 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),

@@ -57,7 +57,9 @@ def _ort_matmul(k: int, n: int, weight: np.ndarray, threads: int):
 
 
 def _openvino_matmul(m: int, k: int, weight: np.ndarray, threads: int):
-    import openvino as ov
+    from bertqa.openvino_runtime import import_openvino
+
+    ov = import_openvino()  # before any other openvino import
     from openvino import opset13 as ops
 
     a = ops.parameter([m, k], np.float32, name="A")

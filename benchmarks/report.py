@@ -15,11 +15,20 @@ SPEED_TIE = 0.05
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"
 
 
-def served_cpu_default(makefile: Path | None = None) -> str | None:
-    """The variant `make serve` adds beside FP32 (Makefile's CPU_DEFAULT_PRECISION), as a report label."""
+def served_cpu_default(makefile: Path | None = None, capabilities: list[str] | None = None) -> str | None:
+    """The variant `make serve` adds beside FP32 (Makefile's CPU_DEFAULT_PRECISION), as a report label; ``auto``
+    as it resolves on a CPU with these OpenVINO capabilities (None: this machine's)."""
+    from bertqa.export.openvino import resolve_precision
+
     makefile = makefile or MAKEFILE
     match = re.search(r"^CPU_DEFAULT_PRECISION \?= *(\S*)", makefile.read_text(), re.M) if makefile.is_file() else None
-    return f"OpenVINO {match[1].upper()}" if match and match[1] else None
+    return f"OpenVINO {resolve_precision(match[1], capabilities).upper()}" if match and match[1] else None
+
+
+def documented_cpu_capabilities(markdown: str) -> list[str] | None:
+    """OpenVINO's CPU capabilities on the machine a written report measured (its Machine table), None if absent."""
+    match = re.search(r"^\| openvino_cpu_capabilities \| (.*) \|$", markdown, re.M)
+    return [c.strip() for c in match[1].split(",") if c.strip()] if match else None
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -96,7 +105,10 @@ def targets(results: dict) -> list[dict]:
         add("served BF16 / served FP32 (OpenVINO, best concurrency each)", ">= 1.7 (F1 >= 99 % of FP32)",
             bf16["pairs_per_s"] / fp32["pairs_per_s"],
             f"{bf16['pairs_per_s']:.2f} vs {fp32['pairs_per_s']:.2f} questions/s; BF16 F1 {inproc['OpenVINO BF16']['f1']:.2f} "
-            f"= {_f1_ratio(results, 'OpenVINO BF16'):.1%} of FP32", low=1.7 if ok else math.inf)
+            f"= {_f1_ratio(results, 'OpenVINO BF16'):.1%} of FP32" + (
+                "; this CPU has no native BF16, so the BF16 variant computes in f32 (OpenVINO would emulate BF16)"
+                if "BF16" not in results["machine"].get("openvino_cpu_capabilities", ["BF16"]) else ""),
+            low=1.7 if ok else math.inf)
     default = results.get("default")
     if default:
         best = _best(results, default)
@@ -209,7 +221,8 @@ def markdown(results: dict, png_name: str) -> str:
     if results.get("machine_note"):
         lines += ["", f"**Machine:** {results['machine_note']}"]
     m = results["machine"]
-    lines += ["", "## Machine", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.items()]
+    lines += ["", "## Machine", "", "| | |", "|---|---|"] + [
+        f"| {k} | {', '.join(v) if isinstance(v, list) else v} |" for k, v in m.items()]
     lines += ["", "The load generator runs on the same cores as the server, as every in-process baseline does.", "",
               "## Targets", ""]
     lines += _table(["target", "required", "measured", "met", "basis"], [
@@ -220,8 +233,8 @@ def markdown(results: dict, png_name: str) -> str:
     full = results.get("full_dev")
     if default:
         basis = "on the full SQuAD v1.1 dev set" if full else "on this sample"
-        served = served_cpu_default()
-        serves = ("`make serve` serves it" if served == default else
+        served = served_cpu_default(capabilities=results["machine"].get("openvino_cpu_capabilities"))
+        serves = ("`make serve` serves it on this CPU" if served == default else
                   f"**`make serve` serves {served or 'FP32 only'} (Makefile `CPU_DEFAULT_PRECISION`): it differs**")
         lines += [f"**CPU default by measurement: {default}** — the fastest served variant whose F1 {basis} is at "
                   f"least 99 % of FP32's (issue 13's rule; served throughputs within {SPEED_TIE:.0%} count as one speed, and "

@@ -20,6 +20,31 @@ from typing import Sequence
 
 import numpy as np
 
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO computes natively on this CPU (OPTIMIZATION_CAPABILITIES: FP32, INT8, BF16 where native, ...)."""
+    return list(import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def import_openvino():
+    """``openvino``, with its usage telemetry declined for this process.
+
+    ``import openvino`` (2024 and newer, via ``openvino.tools.ovc``) reports usage over the network unless an
+    account opted out, from a ``multiprocessing`` child forked on a worker thread. Inside a Triton Python
+    stub that fork of a multithreaded process left a child blocked on a lock, and the stub, waiting for it,
+    outlived tritonserver. A server must not phone home either: the consent check answers "declined" in this
+    process; the user's consent file is not touched (``opt_in_out --opt_out`` opts a whole account out).
+    """
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:
+        pass  # no telemetry package: nothing is sent
+    else:
+        OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+    import openvino
+
+    return openvino
+
+
 # Understood by the native backend, meaningless here (this runner takes any batch and length).
 NATIVE_ONLY_PARAMETERS = (
     "SKIP_OV_DYNAMIC_BATCHSIZE",
@@ -77,14 +102,23 @@ class OpenVinoParameters:
         if self.HINT_BF16 and self.INFERENCE_PRECISION_HINT.lower() == "f32":
             raise ValueError("HINT_BF16 YES contradicts INFERENCE_PRECISION_HINT f32")
 
-    def properties(self) -> dict[str, object]:
-        """OpenVINO CPU properties, as ``compile_model`` accepts them."""
+    @property
+    def requested_precision(self) -> str:
+        """"bf16", "f32" or "" (OpenVINO's default for the CPU)."""
+        return "bf16" if self.HINT_BF16 else self.INFERENCE_PRECISION_HINT.lower()
+
+    def properties(self, native_bf16: bool = True) -> dict[str, object]:
+        """OpenVINO CPU properties, as ``compile_model`` accepts them. On a CPU without native BF16
+        (``native_bf16`` False) a BF16 request becomes f32: OpenVINO would emulate BF16 there, measured
+        32x slower than FP32 (0.8 vs 25.7 windows/s, MiniLM-L6, 384 tokens, 2-core Xeon without AVX512_BF16)."""
         props: dict[str, object] = {"PERFORMANCE_HINT": self.PERFORMANCE_HINT.upper(),
                                     "NUM_STREAMS": self.NUM_STREAMS.strip().upper(),
                                     "ENABLE_CPU_PINNING": self.ENABLE_CPU_PINNING}
         if self.INFERENCE_NUM_THREADS:
             props["INFERENCE_NUM_THREADS"] = str(self.INFERENCE_NUM_THREADS)
-        precision = "bf16" if self.HINT_BF16 else self.INFERENCE_PRECISION_HINT.lower()
+        precision = self.requested_precision
+        if precision == "bf16" and not native_bf16:
+            precision = "f32"
         if precision:
             props["INFERENCE_PRECISION_HINT"] = precision
         return props
@@ -112,13 +146,15 @@ class OpenVinoSession:
 
     def __init__(self, model_path: str | Path, parameters: OpenVinoParameters = OpenVinoParameters(),
                  device: str = "CPU"):
-        import openvino as ov
-
+        ov = import_openvino()
         self.path = Path(model_path)
         self.parameters = parameters
         core = ov.Core()
         model = core.read_model(str(self.path))
-        self.compiled = core.compile_model(model, device, parameters.properties())
+        native_bf16 = device != "CPU" or "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        # BF16 asked for on a CPU that would only emulate it: computed in f32 instead (see properties), and said.
+        self.bf16_fallback = parameters.requested_precision == "bf16" and not native_bf16
+        self.compiled = core.compile_model(model, device, parameters.properties(native_bf16))
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.output_names = [port.get_any_name() for port in self.compiled.outputs]
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))
@@ -130,13 +166,15 @@ class OpenVinoSession:
         self._single = None  # (compiled model, request) for batches that fit one chunk
         if parameters.LATENCY_THREADS and self.streams > 1:
             single = core.compile_model(model, device, {
-                **parameters.properties(), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                **parameters.properties(native_bf16), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                 "INFERENCE_NUM_THREADS": str(parameters.LATENCY_THREADS)})
             self._single = (single, single.create_infer_request())
 
     def describe(self) -> str:
         single = f"; lone chunks: 1 stream of {self.parameters.LATENCY_THREADS} threads" if self._single else ""
-        return f"{self.path.name}: {self.streams} stream(s), {self.threads} threads, precision {self.precision}{single}"
+        fallback = " (BF16 asked for; this CPU has no native BF16, so f32)" if self.bf16_fallback else ""
+        return (f"{self.path.name}: {self.streams} stream(s), {self.threads} threads, "
+                f"precision {self.precision}{fallback}{single}")
 
     def _outputs(self, request, names: Sequence[str]) -> list[np.ndarray]:
         return [np.array(request.get_tensor(name).data, copy=True) for name in names]

@@ -27,11 +27,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bertqa.files import file_digest
-from bertqa.openvino_runtime import OpenVinoParameters, OpenVinoSession, chunk_rows
+from bertqa.openvino_runtime import OpenVinoParameters, OpenVinoSession, chunk_rows, cpu_capabilities, import_openvino
 from bertqa.squad import QAExample
 from bertqa.text import WindowingConfig
 
 PRECISIONS = ("fp32", "bf16", "int8")
+AUTO = "auto"  # the CPU default: bf16 or int8, by what this CPU computes natively (cpu_default_precision)
 MODEL_FILE = "model.xml"  # the native backend's default_model_filename; weights beside it in model.bin
 CALIBRATION_QUESTIONS = 128  # questions (one window each at most) spread over the calibration file
 
@@ -85,21 +86,33 @@ def runtime_parameters(precision: str, *, streams: int = 1, threads: int = 0) ->
 
 
 def bf16_note(capabilities: Sequence[str] | None = None) -> str | None:
-    """Why a BF16 variant will not be fast on this CPU, or None when it will. OpenVINO computes a BF16
-    hint in FP32, silently, on CPUs without native BF16 (AVX512_BF16, AMX, AVX2-VNNI-2)."""
+    """Why a BF16 variant will not be fast on this CPU, or None when it will. On CPUs without native BF16
+    (AVX512_BF16, AMX, AVX2-VNNI-2) OpenVINO 2026 emulates a BF16 hint, far slower than FP32; the runtime
+    (bertqa.openvino_runtime) computes such a variant in f32 instead."""
     if capabilities is None:
-        import openvino as ov
-
-        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        capabilities = cpu_capabilities()
     if "BF16" in capabilities:
         return None
     return ("this CPU has no native BF16 (OpenVINO's CPU capabilities: " + ", ".join(capabilities) +
-            "): OpenVINO computes the BF16 variant in FP32 here; INT8 (--precision int8) is the fast one")
+            "): OpenVINO would emulate BF16 here (about 30x slower than FP32), so the runtime computes the BF16 "
+            "variant in f32; INT8 (--precision int8, or auto) is the fast one")
+
+
+def cpu_default_precision(capabilities: Sequence[str] | None = None) -> str:
+    """The CPU default for this CPU, by `make bench`'s rule (the fastest served variant keeping 99 % of FP32's
+    full-dev F1). With native BF16 (AVX512_BF16, AMX), BF16 and INT8 serve at one speed and BF16 keeps FP32's
+    F1, so BF16; without it OpenVINO computes BF16 in FP32, and INT8 is the fastest (docs/BENCHMARKS.md)."""
+    return "bf16" if "BF16" in (cpu_capabilities() if capabilities is None else capabilities) else "int8"
+
+
+def resolve_precision(precision: str, capabilities: Sequence[str] | None = None) -> str:
+    """``auto`` as :func:`cpu_default_precision`; any other precision as it is."""
+    return cpu_default_precision(capabilities) if precision == AUTO else precision
 
 
 def convert(source, sample_feeds: dict[str, np.ndarray] | None = None):
     """``ov.Model`` from an ONNX file, an IR ``.xml`` or a PyTorch ``BertForQuestionAnswering`` (traced on ``sample_feeds``)."""
-    import openvino as ov
+    ov = import_openvino()
 
     if isinstance(source, (str, Path)):
         if Path(source).suffix == ".xml":
@@ -129,6 +142,7 @@ def convert(source, sample_feeds: dict[str, np.ndarray] | None = None):
 
 def quantize(model, calibration_feeds: Sequence[dict[str, np.ndarray]]):
     """NNCF post-training INT8 quantization for transformers (SmoothQuant-free defaults)."""
+    import_openvino()  # NNCF reports usage through OpenVINO's telemetry: declined first
     import nncf
 
     if not calibration_feeds:
@@ -171,7 +185,7 @@ def export_openvino(
     ``reference_batches``: (feeds, PyTorch (start, end) logits) pairs to validate against. The
     files are written only after every check passed; a failed check raises OpenVinoExportError.
     """
-    import openvino as ov
+    ov = import_openvino()
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -297,7 +311,7 @@ _OV_TO_TRITON = {"i64": "TYPE_INT64", "i32": "TYPE_INT32", "f32": "TYPE_FP32", "
 
 def ir_io(model_xml: Path):
     """TensorSpecs (first dimension = batch) of an IR's inputs and outputs, read with OpenVINO (no onnx package)."""
-    import openvino as ov
+    ov = import_openvino()
 
     from bertqa.export.repository import RepositoryError, TensorSpec
 
@@ -403,18 +417,23 @@ def main(argv=None) -> int:
                                      description="Install an OpenVINO variant converted from the repository's ONNX model "
                                                  "(no PyTorch; INT8 needs nncf).")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument("--precision", choices=PRECISIONS, required=True)
+    parser.add_argument("--precision", choices=PRECISIONS + (AUTO,), required=True,
+                        help="auto: the CPU default for this CPU (bf16 with native BF16, else int8)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing when the variant's model.xml exists")
     parser.add_argument("--calibration", type=Path, default=None, help="INT8: SQuAD file (default: the committed dev slice)")
     args = parser.parse_args(argv)
     from bertqa.export import repository as repo
 
-    variant = repo.variant_for("openvino", precision=args.precision)
+    precision = resolve_precision(args.precision)
+    if args.precision == AUTO:
+        print(f"CPU default for this CPU: {precision} (OpenVINO CPU capabilities: {', '.join(cpu_capabilities())})")
+    variant = repo.variant_for("openvino", precision=precision)
     if args.if_missing and _installed_from_current_onnx(args.repository, variant.model_name):
-        print(f"{variant.model_name}: already installed from the current {SOURCE_MODEL} model")
+        print(f"{variant.model_name}: already installed from the current {SOURCE_MODEL} model "
+              f"(ensemble {variant.ensemble_name})")
         return 0
     try:
-        path = install_from_repository(args.repository, args.precision, calibration=args.calibration, log=print)
+        path = install_from_repository(args.repository, precision, calibration=args.calibration, log=print)
     except (FileNotFoundError, OpenVinoExportError, ImportError) as err:
         print(f"error: {err}")
         return 1

@@ -183,7 +183,20 @@ def test_report_says_whether_make_serve_serves_the_measured_default(tmp_path, mo
     monkeypatch.setattr(report, "MAKEFILE", makefile)
     makefile.write_text("CPU_DEFAULT_PRECISION ?= bf16\nserve:\n")
     assert report.served_cpu_default(makefile) == "OpenVINO BF16"
-    assert "`make serve` serves it." in report.markdown(synthetic_results(), "x.png")
+    assert "`make serve` serves it on this CPU." in report.markdown(synthetic_results(), "x.png")
+    # auto resolves by the measured machine's capabilities, not by the machine writing the report.
+    makefile.write_text("CPU_DEFAULT_PRECISION ?= auto\n")
+    assert report.served_cpu_default(makefile, ["FP32", "BF16", "INT8"]) == "OpenVINO BF16"
+    assert report.served_cpu_default(makefile, ["FP32", "INT8"]) == "OpenVINO INT8"
+    results = synthetic_results()
+    results["machine"]["openvino_cpu_capabilities"] = ["FP32", "BF16", "INT8"]
+    text = report.markdown(results, "x.png")
+    assert "`make serve` serves it on this CPU." in text
+    assert report.documented_cpu_capabilities(text) == ["FP32", "BF16", "INT8"]
+    results["machine"]["openvino_cpu_capabilities"] = ["FP32", "INT8"]
+    text = report.markdown(results, "x.png")
+    assert "`make serve` serves OpenVINO INT8 (Makefile `CPU_DEFAULT_PRECISION`): it differs" in text
+    assert "this CPU has no native BF16, so the BF16 variant computes in f32" in text
     makefile.write_text("CPU_DEFAULT_PRECISION ?= int8\n")
     assert "`make serve` serves OpenVINO INT8 (Makefile `CPU_DEFAULT_PRECISION`): it differs" in \
         report.markdown(synthetic_results(), "x.png")
@@ -193,7 +206,9 @@ def test_report_says_whether_make_serve_serves_the_measured_default(tmp_path, mo
 
 def test_committed_makefile_serves_the_default_the_committed_benchmarks_measured():
     committed = (Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md").read_text()
-    assert f"**CPU default by measurement: {report.served_cpu_default()}**" in committed
+    capabilities = report.documented_cpu_capabilities(committed)
+    assert capabilities, "the committed report names the CPU it measured (OpenVINO capabilities)"
+    assert f"**CPU default by measurement: {report.served_cpu_default(capabilities=capabilities)}**" in committed
     assert "it differs" not in committed
 
 

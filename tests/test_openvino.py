@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +49,20 @@ def test_parameters_become_openvino_properties():
     assert params.properties() == {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", "ENABLE_CPU_PINNING": False,
                                    "INFERENCE_NUM_THREADS": "1", "INFERENCE_PRECISION_HINT": "bf16"}
     assert OpenVinoParameters(INFERENCE_PRECISION_HINT="f32").properties()["INFERENCE_PRECISION_HINT"] == "f32"
+    # Without native BF16, OpenVINO would emulate it (about 30x slower than FP32): f32 is asked for instead.
+    assert params.properties(native_bf16=False)["INFERENCE_PRECISION_HINT"] == "f32"
+    assert OpenVinoParameters(INFERENCE_PRECISION_HINT="bf16").properties(False)["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_session_computes_bf16_only_where_the_cpu_has_it(exported):
+    from bertqa.openvino_runtime import cpu_capabilities
+
+    repository, _, _ = exported
+    session = OpenVinoSession(repository / "bert_openvino" / "1" / "model.xml", OpenVinoParameters(HINT_BF16=True))
+    if "BF16" in cpu_capabilities():
+        assert session.precision == "bf16" and not session.bf16_fallback
+    else:
+        assert session.precision == "f32" and session.bf16_fallback and "no native BF16" in session.describe()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
@@ -153,7 +171,7 @@ def test_failed_validation_writes_nothing(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_install_from_repository_onnx_without_pytorch(tmp_path):
+def test_install_from_repository_onnx_without_pytorch(tmp_path, monkeypatch, capsys):
     from bertqa.export.openvino import install_from_repository, main
     from bertqa.export.pipeline import ExportOptions, export_to_repository
 
@@ -166,6 +184,13 @@ def test_install_from_repository_onnx_without_pytorch(tmp_path):
     assert (model_dir / "1" / "model.xml").is_file() and (repository / "bert_qa_openvino_int8" / "config.pbtxt").is_file()
     assert json.loads((model_dir / "1" / "export.json").read_text())["report"]["calibration_windows"] > 0
     assert main(["--repository", str(repository), "--precision", "int8", "--if-missing"]) == 0
+    # auto on a CPU without native BF16 is that INT8 variant (already installed from this ONNX model).
+    monkeypatch.setattr("bertqa.export.openvino.cpu_capabilities", lambda: ["FP32", "INT8"])
+    capsys.readouterr()
+    assert main(["--repository", str(repository), "--precision", "auto", "--if-missing"]) == 0
+    said = capsys.readouterr().out
+    assert "CPU default for this CPU: int8" in said and "bert_openvino_int8: already installed" in said
+    assert not (repository / "bert_openvino_bf16").exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,9 +266,50 @@ def test_bad_batch_fails_alone_and_the_model_keeps_serving(served):
         client.close()
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_bf16():
+    from bertqa.export.openvino import cpu_default_precision, resolve_precision
+
+    assert cpu_default_precision(["WINOGRAD", "BF16", "FP32", "INT8"]) == "bf16"
+    assert cpu_default_precision(["WINOGRAD", "FP32", "INT8"]) == "int8"
+    assert resolve_precision("auto", ["FP32", "INT8"]) == "int8"
+    assert resolve_precision("fp32", ["BF16"]) == "fp32"  # a forced precision stays
+
+
 def test_bf16_note_names_the_missing_hardware():
     from bertqa.export.openvino import bf16_note
 
     assert bf16_note(["BF16", "FP32", "INT8"]) is None
     note = bf16_note(["FP32", "INT8"])
     assert "no native BF16" in note and "FP32" in note and "--precision int8" in note
+
+
+_FORKS_AFTER_IMPORT = """
+import os, sys, time
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+if sys.argv[1] == "plain":
+    import openvino
+else:
+    from bertqa.openvino_runtime import import_openvino
+    import_openvino()
+    import nncf  # reports through the same telemetry
+time.sleep(1)  # the report is sent from a worker thread
+print(len(forks))
+"""
+
+
+@pytest.mark.parametrize("how", ["plain", "bertqa"])
+def test_openvino_telemetry_is_declined(tmp_path, how):
+    """`import openvino` forks a child to report usage (and creates ~/intel) unless declined; the project's
+    import declines it: a server does not phone home, and a fork inside a Triton stub once hung it."""
+    pytest.importorskip("nncf")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}  # CI declines too
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _FORKS_AFTER_IMPORT, how], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    forks = int(done.stdout.split()[-1])
+    if how == "plain":  # the reason for import_openvino; if OpenVINO stops reporting, this says so
+        assert forks >= 1 and (tmp_path / "intel").is_dir(), "OpenVINO no longer reports usage on import"
+    else:
+        assert forks == 0 and not (tmp_path / "intel").exists()

@@ -46,6 +46,9 @@ class OpenVinoModel:
             )
         self.executor = BatchedExecutor(name, self.input_names, self.output_names,
                                         lambda feeds: self.session.run(self.output_names, feeds))
+        if self.session.bf16_fallback:
+            pb_utils.Logger.log_warn(f"{name}: this CPU has no native BF16 and OpenVINO would emulate it (about 30x "
+                                     f"slower than FP32): computing in f32 instead")
         pb_utils.Logger.log_info(f"{name}: OpenVINO {self.session.describe()}")
 
     def execute(self, requests: list) -> list:

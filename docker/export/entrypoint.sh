@@ -15,12 +15,13 @@ repository="${MODEL_REPOSITORY:-/models}"
 checkpoint_dir="${CHECKPOINT_DIR:-/checkpoint}"
 formats="${EXPORT_FORMATS:-auto}"
 mode="${EXPORT_MODE:-always}"
-# The CPU default chosen by measurement (`make bench`, docs/BENCHMARKS.md); set but empty = none.
-cpu_default="${CPU_DEFAULT_PRECISION-bf16}"
+# The CPU default chosen by measurement (`make bench`, docs/BENCHMARKS.md); auto = bf16 on CPUs with native
+# BF16, else int8 (decided by the conversion on this host); set but empty = none.
+cpu_default="${CPU_DEFAULT_PRECISION-auto}"
 log() { echo "[bertqa-export] $*" >&2; }
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
-case "$cpu_default" in ""|fp32|bf16|int8) ;; *) log "CPU_DEFAULT_PRECISION must be fp32, bf16, int8 or empty, not '${cpu_default}'"; exit 2 ;; esac
+case "$cpu_default" in ""|auto|fp32|bf16|int8) ;; *) log "CPU_DEFAULT_PRECISION must be auto, fp32, bf16, int8 or empty, not '${cpu_default}'"; exit 2 ;; esac
 case "$mode" in always|if-missing) ;; *) log "EXPORT_MODE must be always or if-missing, not '${mode}'"; exit 2 ;; esac
 
 cpu_default_variant() {
