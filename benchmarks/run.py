@@ -66,6 +66,9 @@ class Profile:
     # probes would otherwise land in the measured one's latencies (a busy ensemble is not probed at all).
     canary_interval_s: float = 10.0
     scenario_window_s: float = 5.0
+    # Each Poisson rate's window holds at least this many queries: a p99 over ~100 queries is its largest one or two
+    # (MLPerf sets minimum query counts for the same reason).
+    scenario_min_queries: int = 1000
     perf_analyzer_interval_ms: int = 3000
     gemm_seconds: float = 1.0
     bert_base_seconds: float = 8.0  # 0: skip the BERT-base FLOP-utilisation guard
@@ -79,8 +82,8 @@ PROFILES = {
     # The orchestrator end to end in a few minutes (and in the tests, with a tiny checkpoint).
     "smoke": Profile("smoke", questions=24, served_pairs=16, concurrencies=(1, 4),
                      served=ServedSettings(window_s=0.7, warmup_s=0.3, max_trials=3), scenario_fractions=(1.0,),
-                     scenario_window_s=1.0, perf_analyzer_interval_ms=800, gemm_seconds=0.05, bert_base_seconds=0.3,
-                     utilisation_shape="4l-288d", full_dev_questions=24),
+                     scenario_window_s=1.0, scenario_min_queries=10, perf_analyzer_interval_ms=800, gemm_seconds=0.05,
+                     bert_base_seconds=0.3, utilisation_shape="4l-288d", full_dev_questions=24),
 }
 
 
@@ -342,7 +345,7 @@ class Run:
     def server_scenario(self, server, pairs, default: str) -> None:
         """MLPerf Server: Poisson arrivals; the highest tried rate with p99 <= 130 ms, next to M/D/1 and M/G/1."""
         from benchmarks.queueing import md1_max_rate, mg1_max_rate
-        from bertqa.client.bench import Load
+        from bertqa.client.bench import STABILITY_WINDOWS, Load
 
         variant = next(v for v in self.variants if v.key == default)
         single = next(m for m in self.results["measurements"]
@@ -351,7 +354,6 @@ class Run:
         # M/G/1: the served mean, shaped like the in-process per-question times of the same questions.
         shape = self.results["inprocess"][default]["served_pairs_seconds"]
         service_s = [s * (service_ms / 1000.0) / (sum(shape) / len(shape)) for s in shape]
-        settings = replace(self.profile.served, window_s=self.profile.scenario_window_s)
         md1_rate = md1_max_rate(service_ms / 1000.0, MLPERF_P99_MS / 1000.0)
         mg1_rate = mg1_max_rate(service_s, MLPERF_P99_MS / 1000.0)
         points = []
@@ -359,7 +361,10 @@ class Run:
             rate = fraction * (mg1_rate or md1_rate)
             if rate <= 0:
                 continue
-            self.step(f"Server scenario: Poisson {rate:.1f}/s")
+            # The reported latencies are those of the last STABILITY_WINDOWS windows together.
+            settings = replace(self.profile.served, max_trials=STABILITY_WINDOWS, window_s=max(
+                self.profile.scenario_window_s, self.profile.scenario_min_queries / STABILITY_WINDOWS / rate))
+            self.step(f"Server scenario: Poisson {rate:.1f}/s, {settings.window_s:.0f} s")
             (m,) = self._points(server, pairs, variant.ensemble, "http", [Load("rate", rate, "poisson")],
                                 f"Triton {variant.ensemble} ({default}) HTTP, Server scenario", settings)
             points.append({"rate": rate, "fraction": fraction, "achieved": m["pairs_per_s"], "p50_ms": m["latency_ms"]["p50"],
