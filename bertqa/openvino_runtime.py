@@ -20,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-def cpu_capabilities() -> list[str]:
+def cpu_capabilities(core=None) -> list[str]:
     """What OpenVINO computes natively on this CPU (OPTIMIZATION_CAPABILITIES: FP32, INT8, BF16 where native, ...)."""
-    return list(import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return list((core or import_openvino().Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def import_openvino():
@@ -151,7 +151,7 @@ class OpenVinoSession:
         self.parameters = parameters
         core = ov.Core()
         model = core.read_model(str(self.path))
-        native_bf16 = device != "CPU" or "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        native_bf16 = device != "CPU" or "BF16" in cpu_capabilities(core)
         # BF16 asked for on a CPU that would only emulate it: computed in f32 instead (see properties), and said.
         self.bf16_fallback = parameters.requested_precision == "bf16" and not native_bf16
         self.compiled = core.compile_model(model, device, parameters.properties(native_bf16))

@@ -101,7 +101,8 @@ def bf16_note(capabilities: Sequence[str] | None = None) -> str | None:
 def cpu_default_precision(capabilities: Sequence[str] | None = None) -> str:
     """The CPU default for this CPU, by `make bench`'s rule (the fastest served variant keeping 99 % of FP32's
     full-dev F1). With native BF16 (AVX512_BF16, AMX), BF16 and INT8 serve at one speed and BF16 keeps FP32's
-    F1, so BF16; without it OpenVINO computes BF16 in FP32, and INT8 is the fastest (docs/BENCHMARKS.md)."""
+    F1, so BF16; without it a BF16 variant runs in f32 (OpenVINO would emulate BF16), and INT8 is the fastest
+    (docs/BENCHMARKS.md)."""
     return "bf16" if "BF16" in (cpu_capabilities() if capabilities is None else capabilities) else "int8"
 
 
@@ -424,9 +425,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from bertqa.export import repository as repo
 
-    precision = resolve_precision(args.precision)
-    if args.precision == AUTO:
-        print(f"CPU default for this CPU: {precision} (OpenVINO CPU capabilities: {', '.join(cpu_capabilities())})")
+    capabilities = cpu_capabilities() if args.precision == AUTO else None
+    precision = resolve_precision(args.precision, capabilities)
+    if capabilities is not None:
+        print(f"CPU default for this CPU: {precision} (OpenVINO CPU capabilities: {', '.join(capabilities)})")
     variant = repo.variant_for("openvino", precision=precision)
     if args.if_missing and _installed_from_current_onnx(args.repository, variant.model_name):
         print(f"{variant.model_name}: already installed from the current {SOURCE_MODEL} model "
