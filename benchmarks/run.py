@@ -70,8 +70,16 @@ class Profile:
     # (MLPerf sets minimum query counts for the same reason).
     scenario_min_queries: int = 1000
     perf_analyzer_interval_ms: int = 3000
+    # Served / in-process of the CPU default, in alternating rounds (benchmarks.paired): each round one in-process
+    # pass over the served pairs and one served measurement of these settings at the default's best concurrency.
+    paired_rounds: int = 5
+    paired_served: ServedSettings = field(default_factory=lambda: ServedSettings(window_s=1.0, warmup_s=1.0, max_trials=3))
     gemm_seconds: float = 1.0
     bert_base_seconds: float = 8.0  # 0: skip the BERT-base FLOP-utilisation guard
+    # Then, in alternating rounds (benchmarks.paired): the best FP32 engine's BERT-base speed against the GEMM
+    # peak re-measured at the start's best engine and shape, so the machine's drift does not sit in the ratio.
+    utilisation_rounds: int = 5
+    utilisation_round_seconds: float = 3.0
     utilisation_shape: str = "bert-base"  # the guard's shape (models.SHAPES); smoke runs use a small one
     # The CPU default's accuracy rule is judged on the whole SQuAD v1.1 dev set (0: all 10,570 questions).
     full_dev_questions: int = 0
@@ -83,7 +91,9 @@ PROFILES = {
     "smoke": Profile("smoke", questions=24, served_pairs=16, concurrencies=(1, 4),
                      served=ServedSettings(window_s=0.7, warmup_s=0.3, max_trials=3), scenario_fractions=(1.0,),
                      scenario_window_s=1.0, scenario_min_queries=10, perf_analyzer_interval_ms=800, gemm_seconds=0.05,
-                     bert_base_seconds=0.3, utilisation_shape="4l-288d", full_dev_questions=24),
+                     paired_rounds=2, paired_served=ServedSettings(window_s=0.5, warmup_s=0.3, max_trials=3),
+                     bert_base_seconds=0.3, utilisation_rounds=2, utilisation_round_seconds=0.2,
+                     utilisation_shape="4l-288d", full_dev_questions=24),
 }
 
 
@@ -144,7 +154,7 @@ class Run:
     def execute(self) -> dict:
         started = time.perf_counter()
         self.results["machine"] = machine.describe()
-        steps = 6 + 4 * len(self.variants) + len(self.profile.scenario_fractions)
+        steps = 7 + 4 * len(self.variants) + len(self.profile.scenario_fractions)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=self.console) as progress:
             self.progress, self.task = progress, progress.add_task("GEMM peak", total=steps)
@@ -244,6 +254,7 @@ class Run:
         try:
             self.served_variants(server, pairs)
             default = self.choose_default(repository)
+            self.served_vs_in_process(server, pairs, repository, default)
             self.served_grpc_and_perf_analyzer(server, pairs, default)
             self.server_scenario(server, pairs, default)
             self.length_buckets(server, pairs, repository)
@@ -305,6 +316,41 @@ class Run:
         self.results["default"] = default
         self.log(f"default by measurement: {default}")
         return default
+
+    def served_vs_in_process(self, server, pairs, repository: Path, default: str) -> None:
+        """Served / in-process of the CPU default, in alternating rounds (benchmarks.paired) on the same pairs:
+        one in-process pass (this process, one question at a time, while the server idles) against the served
+        ensemble over HTTP at the concurrency where it served best."""
+        from benchmarks.paired import paired_rounds
+        from bertqa.client.bench import Load
+        from bertqa.reference import ReferencePipeline
+
+        variant = next(v for v in self.variants if v.key == default)
+        concurrency = self.best_served(default)["concurrency"]
+        rounds = self.profile.paired_rounds
+        self.step(f"served / in-process, {default}: {rounds} alternating rounds (HTTP, concurrency {concurrency})")
+        pipeline = ReferencePipeline.from_repository(repository, variant.model)
+        for question, context in zip(pairs.questions[:5], pairs.contexts[:5]):
+            pipeline.answer([question], [context])
+
+        def in_process() -> float:
+            begin = time.perf_counter()
+            for question, context in zip(pairs.questions, pairs.contexts):
+                pipeline.answer([question], [context])
+            return len(pairs) / (time.perf_counter() - begin)
+
+        def served() -> float:
+            (m,) = served_points(server, pairs, model=variant.ensemble, protocol="http",
+                                 loads=[Load("concurrency", concurrency)], settings=self.profile.paired_served,
+                                 system=f"Triton {variant.ensemble} ({default}) HTTP, paired round", shape="checkpoint")
+            return m.pairs_per_s
+
+        paired = paired_rounds(served, in_process, rounds, on_round=lambda i, s, p: self.log(
+            f"round {i + 1}: served {s:.1f} vs in-process {p:.1f} questions/s = {s / p:.2f}"))
+        del pipeline
+        self.results["checks"]["served_vs_in_process"] = {"variant": default, "protocol": "http",
+                                                          "concurrency": concurrency, "pairs": len(pairs),
+                                                          **paired.as_dict()}
 
     def served_grpc_and_perf_analyzer(self, server, pairs, default: str) -> None:
         from benchmarks import perf_analyzer
@@ -411,14 +457,18 @@ class Run:
         models.export(checkpoint, repository, "onnx", no_eval=True)
         install_from_repository(repository, "fp32", max_eval=0)
         workload = fixed_length_workload(repository / "qa_preprocess" / "1" / "tokenizer.json", 8, 384)
-        engines = {}
+        engines, pipelines = {}, {}
         for engine, model in (("ONNX Runtime", "bert_onnx"), ("OpenVINO", "bert_openvino")):
-            m = reference_throughput(ReferencePipeline.from_repository(repository, model), workload, batch_size=1,
+            pipelines[engine] = ReferencePipeline.from_repository(repository, model)
+            m = reference_throughput(pipelines[engine], workload, batch_size=1,
                                      min_seconds=self.profile.bert_base_seconds, system=f"in-process {engine} FP32",
                                      shape=spec.key)
             engines[engine] = {"sequences_per_s": m.pairs_per_s, "detail": m.detail}
             self.log(f"{spec.key} FP32 {engine}: {m.pairs_per_s:.2f} sequences/s")
         shape = BertShape.from_hf_config(checkpoint, spec.key)
+        gflop = flops_per_sequence(shape, 384) / 1e9
+        paired = self.utilisation_rounds(pipelines, engines, workload, gflop, spec.key)
+        del pipelines
         # Where ONNX Runtime's time goes: its profiler, one 384-token sequence per run (as measured above).
         import numpy as np
 
@@ -427,10 +477,32 @@ class Run:
         feeds = {name: np.ones((1, 384), dtype=np.int64) for name in ("input_ids", "attention_mask")}
         feeds["token_type_ids"] = np.zeros((1, 384), dtype=np.int64)
         ops = ort_op_times(repository / "bert_onnx" / "1" / "model.onnx", feeds)
-        self.results["checks"]["bert_base"] = {"shape": spec.key, "engines": engines,
-                                               "gflop_per_sequence": flops_per_sequence(shape, 384) / 1e9,
-                                               "op_seconds": ops,
+        self.results["checks"]["bert_base"] = {"shape": spec.key, "engines": engines, "gflop_per_sequence": gflop,
+                                               "paired": paired, "op_seconds": ops,
                                                "matmul_seconds": sum(s for op, s in ops.items() if op in MATMUL_OPS)}
+
+    def utilisation_rounds(self, pipelines: dict, engines: dict, workload, gflop: float, shape: str) -> dict:
+        """FLOP utilisation of the faster FP32 engine in alternating rounds: its speed on the utilisation shape
+        against the GEMM peak re-measured where the start found it (same engine, same matrix shape)."""
+        from benchmarks.measure import reference_throughput
+        from benchmarks.paired import paired_rounds
+
+        engine = max(engines, key=lambda e: engines[e]["sequences_per_s"])
+        top = self.results["gemm"]["best"]
+        seconds = self.profile.utilisation_round_seconds
+
+        def model_gflops() -> float:
+            m = reference_throughput(pipelines[engine], workload, batch_size=1, min_seconds=seconds,
+                                     system=f"in-process {engine} FP32", shape=shape)
+            return m.pairs_per_s * gflop
+
+        def gemm_gflops() -> float:
+            return measure_gemm_peak(shapes=[(top["m"], top["k"], top["n"])], engines=[top["engine"]],
+                                     seconds=min(seconds, 1.0)).best["gflops"]
+
+        paired = paired_rounds(model_gflops, gemm_gflops, self.profile.utilisation_rounds, on_round=lambda i, m, g: self.log(
+            f"utilisation round {i + 1}: {engine} {m:.1f} vs GEMM {g:.1f} GFLOP/s = {m / g:.2f}"))
+        return {"engine": engine, "gemm": {k: top[k] for k in ("engine", "m", "k", "n")}, **paired.as_dict()}
 
 
 def main(argv=None) -> int:

@@ -130,6 +130,18 @@ def test_targets_with_same_question_speeds_mg1_and_op_profile():
     assert utilisation["measured"] == pytest.approx(1.05 * 70 / 80) and utilisation["met"]
     assert "ONNX Runtime 1.00 seq/s = 0.88; OpenVINO 1.05 seq/s = 0.92" in utilisation["basis"]
     assert "onnxruntime MatMul 3072x768x768" in utilisation["basis"]
+    # Alternating rounds against a re-measured peak, when present, are the target; the one pass is context.
+    results["checks"]["bert_base"]["paired"] = {
+        "engine": "OpenVINO", "gemm": {"engine": "onnxruntime", "m": 3072, "k": 768, "n": 768},
+        "numerators": [70.0, 74.0, 71.0], "denominators": [78.0, 80.0, 76.0], "ratios": [70 / 78, 74 / 80, 71 / 76],
+        "median_ratio": 71 / 76, "median_numerator": 71.0, "median_denominator": 78.0}
+    rows = {t["target"]: t for t in targets(results)}
+    one_pass = rows["FP32 model FLOP utilisation (BERT-base in-process, best FP32 engine: OpenVINO) / GEMM peak"]
+    assert one_pass["required"] == "compared" and one_pass["met"] is None
+    assert "the peak measured at the start of the run" in one_pass["basis"]
+    rounds = rows["FP32 model FLOP utilisation (BERT-base, OpenVINO) / GEMM peak, alternating rounds"]
+    assert rounds["measured"] == pytest.approx(71 / 76) and rounds["met"]
+    assert "median of 3 rounds" in rounds["basis"] and "0.90, 0.93, 0.93" in rounds["basis"]
     matmul = rows["BERT-base FP32: FLOP/s while in matrix-product ops / GEMM peak (ORT profiler)"]
     assert matmul["measured"] == pytest.approx(70 / 0.875 / 80) and "Softmax 10%" in matmul["basis"]
     text = report.markdown(results, "x.png")
@@ -252,6 +264,51 @@ def test_md1_queue_bound():
     assert md1_max_rate(0.2, 0.130) == 0.0
 
 
+def test_targets_read_served_over_in_process_from_the_paired_rounds():
+    results = synthetic_results()
+    results["checks"]["served_vs_in_process"] = {
+        "variant": "OpenVINO BF16", "protocol": "http", "concurrency": 4, "pairs": 200,
+        "numerators": [18.0, 21.0, 19.0], "denominators": [20.0, 20.0, 19.0], "ratios": [0.9, 1.05, 1.0],
+        "median_ratio": 1.0, "median_numerator": 19.0, "median_denominator": 20.0}
+    row = {t["target"]: t for t in targets(results)}["served / in-process, same engine (OpenVINO BF16)"]
+    # The median of the rounds' ratios, not the ratio of the separately measured sweep and pass (1 / 1.02).
+    assert row["measured"] == pytest.approx(1.0) and row["met"]
+    assert "median of 3 alternating rounds" in row["basis"] and "0.90, 1.05, 1.00" in row["basis"]
+
+
+def test_paired_rounds_alternate_the_order_and_take_the_median_ratio():
+    from benchmarks.paired import paired_rounds
+
+    calls = []
+    numerators, denominators = iter([10.0, 30.0, 12.0, 8.0]), iter([10.0, 20.0, 10.0, 10.0])
+
+    def numerator():
+        calls.append("n")
+        return next(numerators)
+
+    def denominator():
+        calls.append("d")
+        return next(denominators)
+
+    seen = []
+    paired = paired_rounds(numerator, denominator, 4, on_round=lambda i, n, d: seen.append((i, n, d)))
+    assert calls == ["d", "n", "n", "d", "d", "n", "n", "d"]
+    assert paired.ratios == pytest.approx([1.0, 1.5, 1.2, 0.8])
+    assert paired.median == pytest.approx(1.1)  # one outlier round (1.5) does not move it far
+    summary = paired.as_dict()
+    assert summary["median_ratio"] == pytest.approx(1.1) and summary["median_numerator"] == pytest.approx(11.0)
+    assert seen[1] == (1, 30.0, 20.0)
+
+
+def test_paired_rounds_reject_nonsense():
+    from benchmarks.paired import paired_rounds
+
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        paired_rounds(lambda: 1.0, lambda: 1.0, 0)
+    with pytest.raises(ValueError, match="round 1: measurements must be positive"):
+        paired_rounds(lambda: 1.0, lambda: 0.0, 3)
+
+
 @pytest.mark.slow
 def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     from rich.console import Console
@@ -282,3 +339,12 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert set(utilisation["engines"]) == {"ONNX Runtime", "OpenVINO"}
     assert all(e["sequences_per_s"] > 0 for e in utilisation["engines"].values())
     assert "FP32 model FLOP utilisation (4l-288d in-process, best FP32 engine:" in written[0].read_text()
+    rounds = utilisation["paired"]
+    assert len(rounds["ratios"]) == 2 and rounds["engine"] in utilisation["engines"]
+    assert rounds["gemm"]["engine"] == results["gemm"]["best"]["engine"] and all(r > 0 for r in rounds["ratios"])
+    assert "FP32 model FLOP utilisation (4l-288d, " in written[0].read_text()
+    # Served / in-process in alternating rounds on the served pairs, at the default's best concurrency.
+    paired = results["checks"]["served_vs_in_process"]
+    assert paired["variant"] == results["default"] and paired["pairs"] == 16 and len(paired["ratios"]) == 2
+    assert all(value > 0 for value in paired["numerators"] + paired["denominators"])
+    assert f"served / in-process, same engine ({results['default']})" in written[0].read_text()
