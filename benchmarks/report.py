@@ -242,9 +242,10 @@ def markdown(results: dict, png_name: str) -> str:
     m = results["machine"]
     lines += ["", "## Machine", "", "| | |", "|---|---|"] + [
         f"| {k} | {', '.join(v) if isinstance(v, list) else v} |" for k, v in m.items()]
-    lines += ["", "The load generator runs on the same cores as the server, as every in-process baseline does, and in "
-              "the same Python process as the server's HTTP front and supervisor (`bertqa serve` gives them a "
-              "process of their own).", "",
+    lines += ["", "The load generator runs on the same cores as the server, as every in-process baseline does"
+              + ("; the server is `bertqa serve` in a process of its own, as users run it." if results.get("served_by") else
+                 ", and in the same Python process as the server's HTTP front and supervisor (`bertqa serve` gives "
+                 "them a process of their own)."), "",
               "## Targets", ""]
     lines += _table(["target", "required", "measured", "met", "basis"], [
         [t["target"], t["required"], _fmt(t["measured"]), {True: "yes", False: "**no**", None: "–"}[t["met"]], t["basis"]]

@@ -241,15 +241,15 @@ class Run:
 
     # ---------------------------------------------------------------------------------------------
     def served(self, repository: Path, examples) -> None:
-        from bertqa.server import EmbeddedServer, free_ports
-        from bertqa.supervisor import HealthConfig
+        from benchmarks.server_process import ServerProcess
 
         pairs = Workload("SQuAD dev", [e.question for e in examples], [e.context for e in examples], None)
-        http, grpc, metrics = free_ports(3)
-        server = EmbeddedServer(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                host="127.0.0.1", log_file=self.workdir / "tritonserver.log",
-                                health=HealthConfig(canary_interval_s=self.profile.canary_interval_s))
+        # `bertqa serve` in its own process, as users run it: the load generator here does not share a GIL with
+        # the server's HTTP front and supervisor.
+        server = ServerProcess(repository, self.workdir / "tritonserver.log",
+                               canary_interval_s=self.profile.canary_interval_s)
         self.step("starting tritonserver with every variant")
+        self.results["served_by"] = f"`bertqa serve` in its own process (log: {server.log_file.name})"
         server.start()
         try:
             self.served_variants(server, pairs)

@@ -333,6 +333,7 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert 0 < scenario["mg1_rate"] and scenario["service_p50_ms"] <= scenario["service_p99_ms"]
     written = report.write_report(results, tmp_path / "BENCHMARKS.md")
     assert "## Targets" in written[0].read_text()
+    assert "the server is `bertqa serve` in a process of its own" in written[0].read_text()
     # The FP32 utilisation guard ran through both FP32 engines (on a small shape here).
     utilisation = results["checks"]["bert_base"]
     assert utilisation["shape"] == "4l-288d" and utilisation["matmul_seconds"] > 0
