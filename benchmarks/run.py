@@ -154,7 +154,7 @@ class Run:
     def execute(self) -> dict:
         started = time.perf_counter()
         self.results["machine"] = machine.describe()
-        steps = 7 + 4 * len(self.variants) + len(self.profile.scenario_fractions)
+        steps = 8 + 4 * len(self.variants) + len(self.profile.scenario_fractions)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=self.console) as progress:
             self.progress, self.task = progress, progress.add_task("GEMM peak", total=steps)
@@ -227,7 +227,7 @@ class Run:
         self.step(f"HF pipeline (PyTorch FP32): {len(examples)} questions")
         import torch
 
-        qa = load_hf_pipeline(self.checkpoint)
+        qa = self.hf_qa = load_hf_pipeline(self.checkpoint)  # kept for the paired rounds against the server
         qa(question=examples[0].question, context=examples[0].context)
         predictions, begin = {}, time.perf_counter()
         with torch.inference_mode():
@@ -255,6 +255,7 @@ class Run:
             self.served_variants(server, pairs)
             default = self.choose_default(repository)
             self.served_vs_in_process(server, pairs, repository, default)
+            self.served_vs_hf(server, pairs, default)
             self.served_grpc_and_perf_analyzer(server, pairs, default)
             self.server_scenario(server, pairs, default)
             self.length_buckets(server, pairs, repository)
@@ -351,6 +352,45 @@ class Run:
         self.results["checks"]["served_vs_in_process"] = {"variant": default, "protocol": "http",
                                                           "concurrency": concurrency, "pairs": len(pairs),
                                                           **paired.as_dict()}
+
+    def served_vs_hf(self, server, pairs, default: str) -> None:
+        """Served / HF pipeline for the CPU default, at concurrency 1 and at its best concurrency, each in
+        alternating rounds (benchmarks.paired) against a pass of the HF pipeline over the same pairs."""
+        import torch
+
+        from benchmarks.paired import paired_rounds
+        from bertqa.client.bench import Load
+
+        qa = getattr(self, "hf_qa", None)
+        if qa is None:
+            return
+        variant = next(v for v in self.variants if v.key == default)
+        concurrencies = sorted({1, self.best_served(default)["concurrency"]})
+        rounds = self.profile.paired_rounds
+        self.step(f"served / HF pipeline, {default}: {rounds} alternating rounds at concurrency "
+                  f"{', '.join(map(str, concurrencies))}")
+
+        def hf_pass() -> float:
+            begin = time.perf_counter()
+            with torch.inference_mode():
+                for question, context in zip(pairs.questions, pairs.contexts):
+                    qa(question=question, context=context)
+            return len(pairs) / (time.perf_counter() - begin)
+
+        checks = {}
+        for concurrency in concurrencies:
+            def served(concurrency=concurrency) -> float:
+                (m,) = served_points(server, pairs, model=variant.ensemble, protocol="http",
+                                     loads=[Load("concurrency", concurrency)], settings=self.profile.paired_served,
+                                     system=f"Triton {variant.ensemble} ({default}) HTTP, paired round", shape="checkpoint")
+                return m.pairs_per_s
+
+            paired = paired_rounds(served, hf_pass, rounds, on_round=lambda i, s, h, c=concurrency: self.log(
+                f"concurrency {c}, round {i + 1}: served {s:.1f} vs HF pipeline {h:.1f} questions/s = {s / h:.2f}"))
+            checks[str(concurrency)] = paired.as_dict()
+        self.hf_qa = None
+        self.results["checks"]["served_vs_hf"] = {"variant": default, "protocol": "http", "pairs": len(pairs),
+                                                  "concurrencies": checks}
 
     def served_grpc_and_perf_analyzer(self, server, pairs, default: str) -> None:
         from benchmarks import perf_analyzer

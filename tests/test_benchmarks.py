@@ -276,6 +276,21 @@ def test_targets_read_served_over_in_process_from_the_paired_rounds():
     assert "median of 3 alternating rounds" in row["basis"] and "0.90, 1.05, 1.00" in row["basis"]
 
 
+def test_targets_read_served_over_hf_from_the_paired_rounds():
+    results = synthetic_results()
+    rounds = {"numerators": [20.0, 22.0, 18.0], "denominators": [2.0, 2.0, 2.5], "ratios": [10.0, 11.0, 7.2],
+              "median_ratio": 10.0, "median_numerator": 20.0, "median_denominator": 2.0}
+    results["checks"]["served_vs_hf"] = {"variant": "OpenVINO BF16", "protocol": "http", "pairs": 200,
+                                         "concurrencies": {"1": rounds, "4": {**rounds, "median_ratio": 7.5}}}
+    rows = {t["target"]: t for t in targets(results)}
+    c1 = rows["served CPU default (OpenVINO BF16) / HF pipeline, concurrency 1, alternating rounds"]
+    assert c1["measured"] == pytest.approx(10.0) and c1["met"] and "round ratios 10.00, 11.00, 7.20" in c1["basis"]
+    assert rows["served CPU default (OpenVINO BF16) / HF pipeline, concurrency 4, alternating rounds"]["met"] is False
+    # The one-pass rows stay as context, no longer judged.
+    one_pass = rows["best served variant / HF pipeline, concurrency 1"]
+    assert one_pass["required"] == "compared" and one_pass["met"] is None
+
+
 def test_paired_rounds_alternate_the_order_and_take_the_median_ratio():
     from benchmarks.paired import paired_rounds
 
@@ -349,3 +364,7 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert paired["variant"] == results["default"] and paired["pairs"] == 16 and len(paired["ratios"]) == 2
     assert all(value > 0 for value in paired["numerators"] + paired["denominators"])
     assert f"served / in-process, same engine ({results['default']})" in written[0].read_text()
+    against_hf = results["checks"]["served_vs_hf"]
+    assert against_hf["variant"] == results["default"] and "1" in against_hf["concurrencies"]
+    assert all(len(r["ratios"]) == 2 and min(r["ratios"]) > 0 for r in against_hf["concurrencies"].values())
+    assert f"served CPU default ({results['default']}) / HF pipeline, concurrency 1" in written[0].read_text()
