@@ -318,12 +318,20 @@ class Run:
         self.log(f"default by measurement: {default}")
         return default
 
+    def _paired_served_speed(self, server, pairs, variant, concurrency: int) -> float:
+        """One served measurement of a paired round: questions/s over HTTP at ``concurrency`` (not kept)."""
+        from bertqa.client.bench import Load
+
+        (m,) = served_points(server, pairs, model=variant.ensemble, protocol="http",
+                             loads=[Load("concurrency", concurrency)], settings=self.profile.paired_served,
+                             system=f"Triton {variant.ensemble} ({variant.key}) HTTP, paired round", shape="checkpoint")
+        return m.pairs_per_s
+
     def served_vs_in_process(self, server, pairs, repository: Path, default: str) -> None:
         """Served / in-process of the CPU default, in alternating rounds (benchmarks.paired) on the same pairs:
         one in-process pass (this process, one question at a time, while the server idles) against the served
         ensemble over HTTP at the concurrency where it served best."""
         from benchmarks.paired import paired_rounds
-        from bertqa.client.bench import Load
         from bertqa.reference import ReferencePipeline
 
         variant = next(v for v in self.variants if v.key == default)
@@ -341,10 +349,7 @@ class Run:
             return len(pairs) / (time.perf_counter() - begin)
 
         def served() -> float:
-            (m,) = served_points(server, pairs, model=variant.ensemble, protocol="http",
-                                 loads=[Load("concurrency", concurrency)], settings=self.profile.paired_served,
-                                 system=f"Triton {variant.ensemble} ({default}) HTTP, paired round", shape="checkpoint")
-            return m.pairs_per_s
+            return self._paired_served_speed(server, pairs, variant, concurrency)
 
         paired = paired_rounds(served, in_process, rounds, on_round=lambda i, s, p: self.log(
             f"round {i + 1}: served {s:.1f} vs in-process {p:.1f} questions/s = {s / p:.2f}"))
@@ -359,7 +364,6 @@ class Run:
         import torch
 
         from benchmarks.paired import paired_rounds
-        from bertqa.client.bench import Load
 
         qa = getattr(self, "hf_qa", None)
         if qa is None:
@@ -380,10 +384,7 @@ class Run:
         checks = {}
         for concurrency in concurrencies:
             def served(concurrency=concurrency) -> float:
-                (m,) = served_points(server, pairs, model=variant.ensemble, protocol="http",
-                                     loads=[Load("concurrency", concurrency)], settings=self.profile.paired_served,
-                                     system=f"Triton {variant.ensemble} ({default}) HTTP, paired round", shape="checkpoint")
-                return m.pairs_per_s
+                return self._paired_served_speed(server, pairs, variant, concurrency)
 
             paired = paired_rounds(served, hf_pass, rounds, on_round=lambda i, s, h, c=concurrency: self.log(
                 f"concurrency {c}, round {i + 1}: served {s:.1f} vs HF pipeline {h:.1f} questions/s = {s / h:.2f}"))
