@@ -135,6 +135,10 @@ class Run:
                               "inprocess": {}, "exports": {}, "checks": {}}
         self.progress: Progress | None = None
         self.task = None
+        self.hf_qa = None  # the HF pipeline, from hf_pipeline() until the paired rounds against the server end
+
+    def variant(self, key: str) -> Variant:
+        return next(v for v in self.variants if v.key == key)
 
     def log(self, message: str) -> None:
         self.console.log(message, highlight=False)
@@ -227,7 +231,7 @@ class Run:
         self.step(f"HF pipeline (PyTorch FP32): {len(examples)} questions")
         import torch
 
-        qa = self.hf_qa = load_hf_pipeline(self.checkpoint)  # kept for the paired rounds against the server
+        qa = self.hf_qa = load_hf_pipeline(self.checkpoint)
         qa(question=examples[0].question, context=examples[0].context)
         predictions, begin = {}, time.perf_counter()
         with torch.inference_mode():
@@ -293,7 +297,7 @@ class Run:
         examples = read_examples(path, require_answers=True)
         if self.profile.full_dev_questions:
             examples, note = examples[: self.profile.full_dev_questions], f"{note}, first {self.profile.full_dev_questions}"
-        fp32 = next(v for v in self.variants if v.key == FP32)
+        fp32 = self.variant(FP32)
 
         def full_dev(v: Variant) -> dict:
             self.step(f"full dev F1 of {v.key}: {len(examples)} questions in-process")
@@ -334,7 +338,7 @@ class Run:
         from benchmarks.paired import paired_rounds
         from bertqa.reference import ReferencePipeline
 
-        variant = next(v for v in self.variants if v.key == default)
+        variant = self.variant(default)
         concurrency = self.best_served(default)["concurrency"]
         rounds = self.profile.paired_rounds
         self.step(f"served / in-process, {default}: {rounds} alternating rounds (HTTP, concurrency {concurrency})")
@@ -365,10 +369,8 @@ class Run:
 
         from benchmarks.paired import paired_rounds
 
-        qa = getattr(self, "hf_qa", None)
-        if qa is None:
-            return
-        variant = next(v for v in self.variants if v.key == default)
+        qa = self.hf_qa
+        variant = self.variant(default)
         concurrencies = sorted({1, self.best_served(default)["concurrency"]})
         rounds = self.profile.paired_rounds
         self.step(f"served / HF pipeline, {default}: {rounds} alternating rounds at concurrency "
@@ -398,7 +400,7 @@ class Run:
         from bertqa.client.bench import Load
         from bertqa.client.data import perf_analyzer_input_data
 
-        variant = next(v for v in self.variants if v.key == default)
+        variant = self.variant(default)
         self.step(f"served {default} over gRPC")
         self._points(server, pairs, variant.ensemble, "grpc", [Load("concurrency", c) for c in (1, max(self.profile.concurrencies))],
                      f"Triton {variant.ensemble} ({default}) gRPC")
@@ -434,7 +436,7 @@ class Run:
         from benchmarks.queueing import md1_max_rate, mg1_max_rate
         from bertqa.client.bench import STABILITY_WINDOWS, Load
 
-        variant = next(v for v in self.variants if v.key == default)
+        variant = self.variant(default)
         single = next(m for m in self.results["measurements"]
                       if m["system"] == f"Triton {variant.ensemble} ({default}) HTTP" and m["concurrency"] == 1)
         service_ms = 1000.0 / single["pairs_per_s"]  # one request at a time: the mean service time

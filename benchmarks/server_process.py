@@ -12,35 +12,31 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertqa.server import ServerError, free_ports
+from bertqa.server import ServerEndpoints, ServerError, free_ports
 
 
 @dataclass
-class ServerProcess:
+class ServerProcess(ServerEndpoints):
     repository: Path
     log_file: Path
     canary_interval_s: float = 10.0
     startup_timeout_s: float = 600.0
     host: str = "127.0.0.1"
-    ports: list[int] = field(default_factory=lambda: free_ports(3))
+    http_port: int = 0  # 0: a free port, chosen at construction
+    grpc_port: int = 0
+    metrics_port: int = 0
     _process: subprocess.Popen | None = field(init=False, default=None)
+    _log: object | None = field(init=False, default=None)
 
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.ports[0]}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.ports[1]}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.ports[2]}/metrics"
+    def __post_init__(self) -> None:
+        free = iter(free_ports(3))  # three distinct ports, each used or skipped in turn
+        self.http_port, self.grpc_port, self.metrics_port = (
+            port or next(free) for port in (self.http_port, self.grpc_port, self.metrics_port))
 
     def command(self) -> list[str]:
-        http, grpc, metrics = self.ports
-        return [sys.executable, "-m", "bertqa.cli", "serve", "--repository", str(self.repository),
-                "--host", self.host, "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        return [sys.executable, "-m", "bertqa.cli", "serve", "--repository", str(self.repository), "--host", self.host,
+                "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+                "--metrics-port", str(self.metrics_port),
                 "--canary-interval", str(self.canary_interval_s), "--startup-timeout", str(self.startup_timeout_s)]
 
     def start(self) -> "ServerProcess":
@@ -48,10 +44,9 @@ class ServerProcess:
         self._process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout_s
         while not self._ready():
-            if self._process.poll() is not None:
+            if (code := self._process.poll()) is not None:
                 self.stop()
-                raise ServerError(f"bertqa serve exited with code {self._process.returncode} while starting "
-                                  f"(log: {self.log_file})")
+                raise ServerError(f"bertqa serve exited with code {code} while starting (log: {self.log_file})")
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(f"bertqa serve was not ready after {self.startup_timeout_s:.0f} s (log: {self.log_file})")
@@ -75,7 +70,7 @@ class ServerProcess:
                 self._process.kill()
                 self._process.wait()
         self._process = None
-        if getattr(self, "_log", None):
+        if self._log is not None:
             self._log.close()
             self._log = None
 

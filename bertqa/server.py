@@ -154,8 +154,30 @@ def client_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+class ServerEndpoints:
+    """The client-side URLs of a server with ``host``, ``http_port``, ``grpc_port`` and ``metrics_port``."""
+
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http_url(self) -> str:
+        """The public HTTP endpoint (the front)."""
+        return f"{client_host(self.host)}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{client_host(self.host)}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{client_host(self.host)}:{self.metrics_port}/metrics"
+
+
 @dataclass
-class EmbeddedServer:
+class EmbeddedServer(ServerEndpoints):
     """tritonserver over a repository behind the HTTP front, supervised (bertqa.supervisor): restarted
     if it dies, models reloaded when the canary fails. A context manager, or start()/stop()."""
 
@@ -179,19 +201,6 @@ class EmbeddedServer:
     _workdir: tempfile.TemporaryDirectory | None = field(init=False, default=None)
     _log: object | None = field(init=False, default=None)
     _stop_requested: bool = field(init=False, default=False)
-
-    @property
-    def http_url(self) -> str:
-        """The public HTTP endpoint (the front)."""
-        return f"{client_host(self.host)}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{client_host(self.host)}:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{client_host(self.host)}:{self.metrics_port}/metrics"
 
     @property
     def triton_pid(self) -> int | None:

@@ -368,3 +368,16 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert against_hf["variant"] == results["default"] and "1" in against_hf["concurrencies"]
     assert all(len(r["ratios"]) == 2 and min(r["ratios"]) > 0 for r in against_hf["concurrencies"].values())
     assert f"served CPU default ({results['default']}) / HF pipeline, concurrency 1" in written[0].read_text()
+
+
+def test_server_process_reports_a_server_that_exits_while_starting(tmp_path):
+    from benchmarks.server_process import ServerProcess
+    from bertqa.server import ServerError
+
+    (tmp_path / "empty_repository").mkdir()
+    server = ServerProcess(tmp_path / "empty_repository", tmp_path / "serve.log", startup_timeout_s=60)
+    assert len({server.http_port, server.grpc_port, server.metrics_port}) == 3
+    assert server.http_url == f"127.0.0.1:{server.http_port}"
+    with pytest.raises(ServerError, match=r"bertqa serve exited with code [1-9]\d* while starting"):
+        server.start()
+    assert "no question-answering model" in (tmp_path / "serve.log").read_text()
