@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.forward_signals()
     try:
         server.start()
-    except ServerError as err:
+    except (ServerError, FileNotFoundError) as err:  # FileNotFoundError: --repository names no directory
         console.print(f"[red]error:[/red] {err}")
         return 1
     except KeyboardInterrupt:

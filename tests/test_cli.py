@@ -49,6 +49,14 @@ def test_ask_reports_a_bad_request_without_a_traceback(triton_server):
     assert "question[0] is empty" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_serve_reports_a_missing_repository_without_a_traceback(tmp_path):
+    result = subprocess.run([*BERTQA, "serve", "--repository", str(tmp_path / "nowhere")],
+                            capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "model repository not found" in output and "Traceback" not in output
+
+
 def test_plan_loading_skips_missing_files_and_dependent_ensembles(tmp_path):
     repository = copy_repository_configs(tmp_path / "repo")
     loadable, skipped = plan_loading(repository)
