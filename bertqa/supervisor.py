@@ -174,20 +174,34 @@ class Supervisor:
         """Returns when tritonserver exits or a stop is requested; runs the canary meanwhile."""
         failures: dict[str, int] = {}
         reloads: dict[str, int] = {}
-        next_canary = 0.0
+        due: list[str] = []  # this round's models not yet checked
+        next_slot = 0.0
         while not self._stop.is_set():
             if self.process.poll() is not None:
                 self.state.not_ready_reason = f"tritonserver exited with code {self.process.returncode}; restarting"
                 log.error("tritonserver exited with code %s; restarting it", self.process.returncode)
                 return
-            if time.monotonic() >= next_canary or self.state.check_now.is_set():
+            if self.state.check_now.is_set():
+                # A failure was seen: check what it named (everything when it named nothing) at once.
                 self.state.check_now.clear()
-                await self._check(failures, reloads)
-                next_canary = time.monotonic() + self.health.canary_interval_s
+                targets = self._canary_targets()
+                await self._check([m for m in targets if m in self.state.broken] or targets, failures, reloads)
+            elif time.monotonic() >= next_slot:
+                # One model per slot, the slots spread over the interval: each model is still checked once
+                # per interval, but probes of idle models never arrive together on a busy one's cores
+                # (all at once, 4 idle ensembles raised a busy model's p99 at 26/s from 85 to 127 ms).
+                targets = self._canary_targets()
+                due = [m for m in due if m in targets] or targets
+                if due:
+                    await self._check(due[:1], failures, reloads)
+                    due = due[1:]
+                next_slot = time.monotonic() + self.health.canary_interval_s / max(1, len(targets))
             await self._sleep(0.2)
 
-    async def _check(self, failures: dict[str, int], reloads: dict[str, int]) -> None:
-        candidates = [m for m in self.state.public if m in self._canary_models]
+    def _canary_targets(self) -> list[str]:
+        return [m for m in self.state.public if m in self._canary_models]
+
+    async def _check(self, candidates: list[str], failures: dict[str, int], reloads: dict[str, int]) -> None:
         models, before = [], []
         for model, counts in zip(candidates, await asyncio.gather(*(self._counts(m) for m in candidates))):
             last = self._checked_counts.get(model)

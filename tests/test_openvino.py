@@ -266,6 +266,38 @@ def test_bad_batch_fails_alone_and_the_model_keeps_serving(served):
         client.close()
 
 
+@pytest.mark.slow
+def test_canary_probes_idle_ensembles_one_at_a_time(served):
+    """Each idle ensemble is probed once per canary interval, but in turns spread over the interval, not
+    all at once: probes arriving together cost a busy model's tail latency on a 2-core host."""
+    import time
+    import urllib.request
+
+    server, repository = served
+    ensembles = sorted(d.name for d in repository.iterdir() if 'platform: "ensemble"' in (
+        (d / "config.pbtxt").read_text() if (d / "config.pbtxt").is_file() else ""))
+    ensembles = [m for m in ensembles if m in server.supervisor.state.public]
+    assert len(ensembles) >= 2, ensembles
+
+    def succeeded(model: str) -> int:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/stats", timeout=10) as response:
+            stats = json.loads(response.read())
+        return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+
+    counts = {m: succeeded(m) for m in ensembles}
+    probes: list[tuple[float, str]] = []
+    began = time.monotonic()
+    while time.monotonic() - began < 3.5 * server.supervisor.health.canary_interval_s:
+        for model in ensembles:
+            if (now := succeeded(model)) > counts[model]:
+                probes += [(time.monotonic(), model)] * (now - counts[model])
+                counts[model] = now
+        time.sleep(0.02)
+    assert all(sum(m == model for _, m in probes) >= 2 for model in ensembles), probes  # each still probed
+    gaps = [later - earlier for (earlier, a), (later, b) in zip(probes, probes[1:]) if a != b]
+    assert min(gaps) > 0.25, f"probes of different ensembles arrived together: {probes}"
+
+
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_bf16():
     from bertqa.export.openvino import cpu_default_precision, resolve_precision
 
