@@ -109,7 +109,7 @@ def targets(results: dict) -> list[dict]:
                 ">= 8 (F1 >= 99 % of FP32)", rounds["median_ratio"],
                 f"median of {len(rounds['ratios'])} rounds on the same {paired_hf['pairs']} questions (served over "
                 f"{paired_hf['protocol'].upper()}, the HF pipeline one question at a time): round ratios "
-                f"{', '.join(format(r, '.2f') for r in rounds['ratios'])}; medians {rounds['median_numerator']:.2f} vs "
+                f"{_ratios(rounds['ratios'])}; medians {rounds['median_numerator']:.2f} vs "
                 f"{rounds['median_denominator']:.2f} questions/s; F1 {inproc[key]['f1']:.2f} = "
                 f"{_f1_ratio(results, key):.1%} of FP32", low=8.0)
     bf16, fp32 = _best(results, "OpenVINO BF16"), _best(results, "OpenVINO FP32")
@@ -128,7 +128,7 @@ def targets(results: dict) -> list[dict]:
         add(f"served / in-process, same engine ({paired['variant']})", ">= 0.95", paired["median_ratio"],
             f"median of {len(paired['ratios'])} alternating rounds on the same {paired['pairs']} questions (served over "
             f"{paired['protocol'].upper()} at concurrency {paired['concurrency']}, in-process one question at a time): "
-            f"round ratios {', '.join(format(r, '.2f') for r in paired['ratios'])}; medians "
+            f"round ratios {_ratios(paired['ratios'])}; medians "
             f"{paired['median_numerator']:.2f} served vs {paired['median_denominator']:.2f} in-process questions/s",
             low=0.95)
     elif default:  # results written before the paired rounds: the served sweep against the in-process pass
@@ -159,7 +159,7 @@ def targets(results: dict) -> list[dict]:
                 rounds["median_ratio"],
                 f"median of {len(rounds['ratios'])} rounds, each the model's FLOP/s against the GEMM peak re-measured "
                 f"({gemm['engine']} MatMul {gemm['m']}x{gemm['k']}x{gemm['n']}): round ratios "
-                f"{', '.join(format(r, '.2f') for r in rounds['ratios'])}; medians {rounds['median_numerator']:.1f} vs "
+                f"{_ratios(rounds['ratios'])}; medians {rounds['median_numerator']:.1f} vs "
                 f"{rounds['median_denominator']:.1f} GFLOP/s", low=0.9)
         if base.get("matmul_seconds"):
             total = sum(base["op_seconds"].values())
@@ -188,9 +188,12 @@ def targets(results: dict) -> list[dict]:
                 add(f"no collapse: concurrency {c} / concurrency 1 ({key})", ">= 0.95", m["pairs_per_s"] / single["pairs_per_s"],
                     f"{m['pairs_per_s']:.2f} vs {single['pairs_per_s']:.2f} questions/s", low=0.95)
     for row in results["checks"].get("perf_analyzer", {}).get("rows", []):
+        rounds = row.get("rounds")
+        how = (f"median of {len(rounds['ratios'])} alternating rounds (round ratios {_ratios(rounds['ratios'])}); medians "
+               if rounds else "")
         add(f"bertqa bench / perf_analyzer, concurrency {row['concurrency']} ({results['checks']['perf_analyzer']['variant']})",
-            "0.9-1.1", row["bench_throughput"] / row["throughput"],
-            f"{row['bench_throughput']:.2f} vs {row['throughput']:.2f} questions/s; p50 {row['bench_p50_ms']:.0f} vs "
+            "0.9-1.1", _perf_analyzer_ratio(row),
+            f"{how}{row['bench_throughput']:.2f} vs {row['throughput']:.2f} questions/s; p50 {row['bench_p50_ms']:.0f} vs "
             f"{row['p50_ms']:.0f} ms", low=0.9, high=1.1)
     full = results.get("full_dev")
     chosen = full and next((row for row in full["rows"] if row["label"] == default), None)
@@ -315,12 +318,26 @@ def _perf_analyzer(checks: dict) -> list[str]:
              f"Same server, same {pa['variant']} ensemble, same SQuAD pairs (`bertqa bench --perf-analyzer-data FILE` "
              "writes perf_analyzer's `--input-data`); perf_analyzer from the tritonclient 2.51.0 wheel:", "",
              f"    {pa['command']}", ""]
+    if pa.get("rounds"):
+        lines += [f"Each concurrency in {pa['rounds']} rounds, bench and perf_analyzer alternating which runs first; "
+                  "the figures are the rounds' medians and the ratio the median of the rounds' ratios "
+                  "(`benchmarks/paired.py`): this machine's speed drifts between measurements minutes apart.", ""]
     return lines + _table(["concurrency", "perf_analyzer q/s", "perf_analyzer stable (25 %)", "bench q/s",
-                           "bench / perf_analyzer", "p50 ms (pa / bench)", "p99 ms (pa / bench)"],
+                           "bench / perf_analyzer", "round ratios", "p50 ms (pa / bench)", "p99 ms (pa / bench)"],
                           [[str(r["concurrency"]), _fmt(r["throughput"]), "yes" if r.get("stable", True) else "no",
-                            _fmt(r["bench_throughput"]),
-                            _fmt(r["bench_throughput"] / r["throughput"]), f"{r['p50_ms']:.0f} / {r['bench_p50_ms']:.0f}",
+                            _fmt(r["bench_throughput"]), _fmt(_perf_analyzer_ratio(r)),
+                            _ratios(r["rounds"]["ratios"]) if r.get("rounds") else "one pass",
+                            f"{r['p50_ms']:.0f} / {r['bench_p50_ms']:.0f}",
                             f"{r['p99_ms']:.0f} / {r['bench_p99_ms']:.0f}"] for r in pa["rows"]])
+
+
+def _ratios(ratios: list[float]) -> str:
+    return ", ".join(format(r, ".2f") for r in ratios)
+
+
+def _perf_analyzer_ratio(row: dict) -> float:
+    """The median of the rounds' ratios; results from before the rounds have one pass of each."""
+    return row.get("ratio", row["bench_throughput"] / row["throughput"])
 
 
 def _scenario(checks: dict) -> list[str]:
@@ -342,7 +359,7 @@ def _scenario(checks: dict) -> list[str]:
                  f"those service times (M/G/1), and up to {s['md1_rate']:.1f}/s if every request took the mean (M/D/1). "
                  "Rates around the M/G/1 bound were offered; batching across requests lets the server beat it when "
                  f"merged requests cost less than one each. Health canaries every {s.get('canary_interval_s', 2):g} s "
-                 "(idle ensembles only).", ""]
+                 "(idle ensembles only, one at a time, spread over the interval).", ""]
         basis = "of the M/G/1 rate"
     return lines + _table(["offered /s", basis, "achieved /s", "p50 ms", "p99 ms", "p99 <= 130 ms"],
                           [[_fmt(p["rate"], 1), f"{p['fraction']:.0%}", _fmt(p["achieved"], 1), _fmt(p["p50_ms"], 0),

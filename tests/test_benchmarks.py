@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,15 @@ def synthetic_results() -> dict:
                                             "met": True}]},
             "perf_analyzer": {"variant": "OpenVINO BF16", "command": "perf_analyzer -m bert_qa_x",
                               "rows": [{"concurrency": 1, "throughput": 20.0, "p50_ms": 50.0, "p99_ms": 60.0,
-                                        "bench_throughput": 19.0, "bench_p50_ms": 52.0, "bench_p99_ms": 61.0}]},
+                                        "bench_throughput": 19.0, "bench_p50_ms": 52.0, "bench_p99_ms": 61.0},
+                                       # alternating rounds: the ratio is the median of the rounds' ratios (1.0),
+                                       # not the ratio of the medians (19 / 20)
+                                       {"concurrency": 4, "throughput": 20.0, "p50_ms": 150.0, "p99_ms": 160.0,
+                                        "bench_throughput": 19.0, "bench_p50_ms": 152.0, "bench_p99_ms": 161.0,
+                                        "ratio": 1.0, "rounds": {"numerators": [18.0, 21.0, 19.0],
+                                                                 "denominators": [20.0, 20.0, 19.0],
+                                                                 "ratios": [0.9, 1.05, 1.0], "median_ratio": 1.0,
+                                                                 "median_numerator": 19.0, "median_denominator": 20.0}}]},
             "length_buckets": {"buckets": "128,256,384", "served": {"buckets": 30.0, "padded to 384": 20.0},
                                "flops": {"buckets": 2e12, "padded to 384": 3e12, "exact": 1.5e12}, "pairs": 200,
                                "concurrency": 16},
@@ -106,6 +115,8 @@ def test_targets_on_synthetic_results():
     assert not rows["no collapse: concurrency 4 / concurrency 1 (ORT FP32)"]["met"]
     assert rows["no collapse: concurrency 4 / concurrency 1 (OpenVINO FP32)"]["met"]
     assert rows["bertqa bench / perf_analyzer, concurrency 1 (OpenVINO BF16)"]["measured"] == pytest.approx(0.95)
+    paired = rows["bertqa bench / perf_analyzer, concurrency 4 (OpenVINO BF16)"]
+    assert paired["measured"] == pytest.approx(1.0) and "round ratios 0.90, 1.05, 1.00" in paired["basis"]
     scenario = rows["Server scenario: highest Poisson rate with p99 <= 130 ms / M/D/1 (OpenVINO BF16)"]
     assert scenario["measured"] == pytest.approx(0.8) and scenario["met"] is None
 
@@ -342,6 +353,8 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert full[0]["label"] == "ORT FP32" and all(row["questions"] == 24 for row in full)
     assert results["default"] in {row["label"] for row in full}
     assert results["checks"]["perf_analyzer"]["rows"] and results["checks"]["length_buckets"]["served"]["buckets"] > 0
+    for row in results["checks"]["perf_analyzer"]["rows"]:  # bench and perf_analyzer in alternating rounds
+        assert len(row["rounds"]["ratios"]) == 2 and row["ratio"] == pytest.approx(statistics.median(row["rounds"]["ratios"]))
     # Ratios on one set of questions: the HF pipeline and the in-process speed use the pairs bench sends.
     assert results["hf"]["questions"] == 16 and all(len(r["served_pairs_seconds"]) == 16 for r in results["inprocess"].values())
     scenario = results["checks"]["server_scenario"]
