@@ -335,6 +335,19 @@ def test_paired_rounds_reject_nonsense():
         paired_rounds(lambda: 1.0, lambda: 0.0, 3)
 
 
+def test_server_scenario_says_when_a_lower_rate_missed_the_bound():
+    results = synthetic_results()
+    scenario = results["checks"]["server_scenario"]
+    name = "Server scenario: highest Poisson rate with p99 <= 130 ms / M/D/1 (OpenVINO BF16)"
+    assert "not monotone" not in {t["target"]: t for t in targets(results)}[name]["basis"]
+    scenario["points"] = [{"rate": r, "fraction": r / 10, "achieved": r, "p50_ms": 20.0, "p99_ms": p99, "met": p99 <= 130}
+                          for r, p99 in ((4.0, 90.0), (6.0, 190.0), (8.0, 125.0))]
+    basis = {t["target"]: t for t in targets(results)}[name]["basis"]
+    assert "8.0/s met" in basis and "not monotone: 6.0/s missed the bound" in basis and "only up to 4.0/s" in basis
+    scenario["points"][0]["met"] = False
+    assert "met at none" in {t["target"]: t for t in targets(results)}[name]["basis"]
+
+
 @pytest.mark.slow
 def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     from rich.console import Console
