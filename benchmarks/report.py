@@ -109,7 +109,7 @@ def targets(results: dict) -> list[dict]:
                 ">= 8 (F1 >= 99 % of FP32)", rounds["median_ratio"],
                 f"median of {len(rounds['ratios'])} rounds on the same {paired_hf['pairs']} questions (served over "
                 f"{paired_hf['protocol'].upper()}, the HF pipeline one question at a time): round ratios "
-                f"{_ratios(rounds['ratios'])}; medians {rounds['median_numerator']:.2f} vs "
+                f"{_numbers(rounds['ratios'], '.2f')}; medians {rounds['median_numerator']:.2f} vs "
                 f"{rounds['median_denominator']:.2f} questions/s; F1 {inproc[key]['f1']:.2f} = "
                 f"{_f1_ratio(results, key):.1%} of FP32", low=8.0)
     bf16, fp32 = _best(results, "OpenVINO BF16"), _best(results, "OpenVINO FP32")
@@ -128,7 +128,7 @@ def targets(results: dict) -> list[dict]:
         add(f"served / in-process, same engine ({paired['variant']})", ">= 0.95", paired["median_ratio"],
             f"median of {len(paired['ratios'])} alternating rounds on the same {paired['pairs']} questions (served over "
             f"{paired['protocol'].upper()} at concurrency {paired['concurrency']}, in-process one question at a time): "
-            f"round ratios {_ratios(paired['ratios'])}; medians "
+            f"round ratios {_numbers(paired['ratios'], '.2f')}; medians "
             f"{paired['median_numerator']:.2f} served vs {paired['median_denominator']:.2f} in-process questions/s",
             low=0.95)
     elif default:  # results written before the paired rounds: the served sweep against the in-process pass
@@ -159,7 +159,7 @@ def targets(results: dict) -> list[dict]:
                 rounds["median_ratio"],
                 f"median of {len(rounds['ratios'])} rounds, each the model's FLOP/s against the GEMM peak re-measured "
                 f"({gemm['engine']} MatMul {gemm['m']}x{gemm['k']}x{gemm['n']}): round ratios "
-                f"{_ratios(rounds['ratios'])}; medians {rounds['median_numerator']:.1f} vs "
+                f"{_numbers(rounds['ratios'], '.2f')}; medians {rounds['median_numerator']:.1f} vs "
                 f"{rounds['median_denominator']:.1f} GFLOP/s", low=0.9)
         if base.get("matmul_seconds"):
             total = sum(base["op_seconds"].values())
@@ -172,13 +172,13 @@ def targets(results: dict) -> list[dict]:
     if scenario and scenario.get("mg1_rate"):
         add(f"Server scenario: highest Poisson rate with p99 <= 130 ms / M/G/1 ({scenario['variant']})", "compared",
             scenario["best_rate"] / scenario["mg1_rate"],
-            f"{scenario['best_rate']:.1f}/s met (of {', '.join(format(p['rate'], '.1f') for p in scenario['points'])} tried) vs "
+            f"{scenario['best_rate']:.1f}/s met (of {_numbers(p['rate'] for p in scenario['points'])} tried) vs "
             f"M/G/1 {scenario['mg1_rate']:.1f}/s (measured service times, mean {scenario['service_ms']:.0f} ms) and "
             f"M/D/1 {scenario['md1_rate']:.1f}/s (every request {scenario['service_ms']:.0f} ms){_scenario_gaps(scenario)}")
     elif scenario and scenario["md1_rate"]:
         add(f"Server scenario: highest Poisson rate with p99 <= 130 ms / M/D/1 ({scenario['variant']})", "compared",
             scenario["best_rate"] / scenario["md1_rate"],
-            f"{scenario['best_rate']:.1f}/s met (of {', '.join(format(p['rate'], '.1f') for p in scenario['points'])} tried) vs "
+            f"{scenario['best_rate']:.1f}/s met (of {_numbers(p['rate'] for p in scenario['points'])} tried) vs "
             f"M/D/1 {scenario['md1_rate']:.1f}/s at a {scenario['service_ms']:.0f} ms service time{_scenario_gaps(scenario)}")
     for key in inproc:
         single = _at(results, key, 1)
@@ -189,7 +189,7 @@ def targets(results: dict) -> list[dict]:
                     f"{m['pairs_per_s']:.2f} vs {single['pairs_per_s']:.2f} questions/s", low=0.95)
     for row in results["checks"].get("perf_analyzer", {}).get("rows", []):
         rounds = row.get("rounds")
-        how = (f"median of {len(rounds['ratios'])} alternating rounds (round ratios {_ratios(rounds['ratios'])}); medians "
+        how = (f"median of {len(rounds['ratios'])} alternating rounds (round ratios {_numbers(rounds['ratios'], '.2f')}); medians "
                if rounds else "")
         add(f"bertqa bench / perf_analyzer, concurrency {row['concurrency']} ({results['checks']['perf_analyzer']['variant']})",
             "0.9-1.1", _perf_analyzer_ratio(row),
@@ -326,7 +326,7 @@ def _perf_analyzer(checks: dict) -> list[str]:
                            "bench / perf_analyzer", "round ratios", "p50 ms (pa / bench)", "p99 ms (pa / bench)"],
                           [[str(r["concurrency"]), _fmt(r["throughput"]), "yes" if r.get("stable", True) else "no",
                             _fmt(r["bench_throughput"]), _fmt(_perf_analyzer_ratio(r)),
-                            _ratios(r["rounds"]["ratios"]) if r.get("rounds") else "one pass",
+                            _numbers(r["rounds"]["ratios"], ".2f") if r.get("rounds") else "one pass",
                             f"{r['p50_ms']:.0f} / {r['bench_p50_ms']:.0f}",
                             f"{r['p99_ms']:.0f} / {r['bench_p99_ms']:.0f}"] for r in pa["rows"]])
 
@@ -339,12 +339,12 @@ def _scenario_gaps(scenario: dict) -> str:
     if not missed:
         return ""
     below = [p["rate"] for p in points if p["rate"] < missed[0]]
-    return (f"; not monotone: {', '.join(format(r, '.1f') for r in missed)}/s missed the bound, so every tried rate met "
+    return (f"; not monotone: {_numbers(missed)}/s missed the bound, so every tried rate met "
             + (f"only up to {below[-1]:.1f}/s" if below else "at none"))
 
 
-def _ratios(ratios: list[float]) -> str:
-    return ", ".join(format(r, ".2f") for r in ratios)
+def _numbers(values, spec: str = ".1f") -> str:
+    return ", ".join(format(v, spec) for v in values)
 
 
 def _perf_analyzer_ratio(row: dict) -> float:

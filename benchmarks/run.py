@@ -327,14 +327,16 @@ class Run:
         self.log(f"default by measurement: {default}")
         return default
 
-    def _paired_served_speed(self, server, pairs, variant, concurrency: int) -> float:
-        """One served measurement of a paired round: questions/s over HTTP at ``concurrency`` (not kept)."""
+    def _paired_served(self, server, pairs, variant, concurrency: int, protocol: str = "http",
+                       settings: ServedSettings | None = None) -> Measurement:
+        """One served measurement of a paired round at ``concurrency`` (not added to the measurements)."""
         from bertqa.client.bench import Load
 
-        (m,) = served_points(server, pairs, model=variant.ensemble, protocol="http",
-                             loads=[Load("concurrency", concurrency)], settings=self.profile.paired_served,
-                             system=f"Triton {variant.ensemble} ({variant.key}) HTTP, paired round", shape="checkpoint")
-        return m.pairs_per_s
+        (m,) = served_points(server, pairs, model=variant.ensemble, protocol=protocol,
+                             loads=[Load("concurrency", concurrency)], settings=settings or self.profile.paired_served,
+                             system=f"Triton {variant.ensemble} ({variant.key}) {protocol.upper()}, paired round",
+                             shape="checkpoint")
+        return m
 
     def served_vs_in_process(self, server, pairs, repository: Path, default: str) -> None:
         """Served / in-process of the CPU default, in alternating rounds (benchmarks.paired) on the same pairs:
@@ -358,7 +360,7 @@ class Run:
             return len(pairs) / (time.perf_counter() - begin)
 
         def served() -> float:
-            return self._paired_served_speed(server, pairs, variant, concurrency)
+            return self._paired_served(server, pairs, variant, concurrency).pairs_per_s
 
         paired = paired_rounds(served, in_process, rounds, on_round=lambda i, s, p: self.log(
             f"round {i + 1}: served {s:.1f} vs in-process {p:.1f} questions/s = {s / p:.2f}"))
@@ -391,7 +393,7 @@ class Run:
         checks = {}
         for concurrency in concurrencies:
             def served(concurrency=concurrency) -> float:
-                return self._paired_served_speed(server, pairs, variant, concurrency)
+                return self._paired_served(server, pairs, variant, concurrency).pairs_per_s
 
             paired = paired_rounds(served, hf_pass, rounds, on_round=lambda i, s, h, c=concurrency: self.log(
                 f"concurrency {c}, round {i + 1}: served {s:.1f} vs HF pipeline {h:.1f} questions/s = {s / h:.2f}"))
@@ -416,9 +418,11 @@ class Run:
         data.write_text(json.dumps(perf_analyzer_input_data(pairs.batches(1)), ensure_ascii=False))
         rows = []
         for c in (1, 4):
-            analyzer_runs, bench_runs, unstable = [], [], []
+            analyzer_runs, bench_runs = [], []
+            stable = True
 
             def analyzer() -> float:
+                nonlocal stable
                 for stability in (25, 1000):  # a shared machine may never give 3 windows within 25 %: then any 3
                     try:
                         result = perf_analyzer.run(server.grpc_url, variant.ensemble, "grpc", data, c,
@@ -428,16 +432,14 @@ class Run:
                         if stability == 1000:
                             raise
                         self.log(f"perf_analyzer (stability {stability} %): {err}")
-                        unstable.append(len(analyzer_runs))
+                        stable = False
                     else:
                         analyzer_runs.append(result)
                         return result.throughput
 
             def bench() -> float:
-                (m,) = served_points(server, pairs, model=variant.ensemble, protocol="grpc",
-                                     loads=[Load("concurrency", c)], settings=self.profile.served,
-                                     system=f"bertqa bench beside perf_analyzer ({default}) gRPC", shape="checkpoint")
-                bench_runs.append(m.as_dict())
+                m = self._paired_served(server, pairs, variant, c, protocol="grpc", settings=self.profile.served)
+                bench_runs.append(m)
                 return m.pairs_per_s
 
             try:
@@ -447,14 +449,14 @@ class Run:
                 self.log(f"perf_analyzer: {err}")
                 self.results["checks"]["perf_analyzer_error"] = str(err)
                 return
-            median = statistics.median
-            rows.append({"concurrency": c, "throughput": paired.as_dict()["median_denominator"],
-                         "bench_throughput": paired.as_dict()["median_numerator"], "ratio": paired.median,
-                         "rounds": paired.as_dict(), "stable": not unstable,
+            median, summary = statistics.median, paired.as_dict()
+            rows.append({"concurrency": c, "throughput": summary["median_denominator"],
+                         "bench_throughput": summary["median_numerator"], "ratio": summary["median_ratio"],
+                         "rounds": summary, "stable": stable,
                          "p50_ms": median(r.p50_ms for r in analyzer_runs),
                          "p99_ms": median(r.p99_ms for r in analyzer_runs),
-                         "bench_p50_ms": median(m["latency_ms"]["p50"] for m in bench_runs),
-                         "bench_p99_ms": median(m["latency_ms"]["p99"] for m in bench_runs)})
+                         "bench_p50_ms": median(m.latency_ms["p50"] for m in bench_runs),
+                         "bench_p99_ms": median(m.latency_ms["p99"] for m in bench_runs)})
         self.results["checks"]["perf_analyzer"] = {"variant": default, "rows": rows, "rounds": rounds,
                                                    "command": " ".join(perf_analyzer.command(
                                                        "127.0.0.1:8001", variant.ensemble, "grpc",
