@@ -129,7 +129,9 @@ def targets(results: dict) -> list[dict]:
             f"median of {len(paired['ratios'])} alternating rounds on the same {paired['pairs']} questions (served over "
             f"{paired['protocol'].upper()} at concurrency {paired['concurrency']}, in-process one question at a time): "
             f"round ratios {_numbers(paired['ratios'], '.2f')}; medians "
-            f"{paired['median_numerator']:.2f} served vs {paired['median_denominator']:.2f} in-process questions/s",
+            f"{paired['median_numerator']:.2f} served vs {paired['median_denominator']:.2f} in-process questions/s"
+            + (f"; CPU per question {_cpu_total(paired['cpu']):.1f} ms served (all processes) vs "
+               f"{paired['cpu']['in_process_ms_per_question']:.1f} ms in-process (see below)" if "cpu" in paired else ""),
             low=0.95)
     elif default:  # results written before the paired rounds: the served sweep against the in-process pass
         best = _best(results, default)
@@ -306,7 +308,7 @@ def markdown(results: dict, png_name: str) -> str:
               _fmt(mm["latency_ms"].get("p99"), 0), {True: "yes", False: "no", None: "–"}[mm["stable"]]]
              for mm in results["measurements"]]
     lines += _table(["system", "load", "questions/s", "p50 ms", "p99 ms", "stable"], srows)
-    lines += _perf_analyzer(checks) + _scenario(checks) + _buckets(checks) + _threads(results) + _retired(results)
+    lines += _cpu_split(checks) + _perf_analyzer(checks) + _scenario(checks) + _buckets(checks) + _threads(results) + _retired(results)
     return "\n".join(lines) + "\n"
 
 
@@ -378,6 +380,38 @@ def _scenario(checks: dict) -> list[str]:
                             _fmt(p["p99_ms"], 0), "yes" if p["met"] else "no"] for p in s["points"]])
 
 
+def _cpu_total(cpu: dict) -> float:
+    return sum(cpu["served"]["ms_per_question"].values())
+
+
+def _cpu_split(checks: dict) -> list[str]:
+    paired = checks.get("served_vs_in_process")
+    if not paired or "cpu" not in paired:
+        return []
+    cpu, served = paired["cpu"], paired["cpu"]["served"]
+    total, in_process = _cpu_total(cpu), cpu["in_process_ms_per_question"]
+    # Roles under 1 % (idle variants' stubs, the kernel, ...) are one row: the table is about the busy ones.
+    shown = {role: ms for role, ms in served["ms_per_question"].items() if ms >= 0.01 * total}
+    rest = total - sum(shown.values())
+    rows = [[role, f"{ms:.2f}", f"{ms / total:.0%}"] for role, ms in shown.items()]
+    rows.append(["the rest (idle variants' stubs, the kernel, other processes)", f"{rest:.2f}", f"{rest / total:.0%}"])
+    rows.append(["**all, served**", f"**{total:.2f}**", "100%"])
+    busy = served["machine_busy_cores"] / served["cores"]
+    rows.append(["in-process: tokenizer, model, decoding in one process", f"{in_process:.2f}", "–"])
+    return ["", "## Where a served question's CPU goes", "",
+            f"{paired['variant']} at concurrency {paired['concurrency']} over {paired['protocol'].upper()}, during the "
+            f"served half of the served / in-process rounds (median of {served['rounds']} rounds; psutil CPU times of "
+            f"every process, `benchmarks/cpu_split.py`). The whole machine was busy {served['machine_busy_cores']:.2f} "
+            f"of {served['cores']} cores" + (
+                ", so served throughput is a CPU budget: what serving adds to a question's CPU (tritonserver, the "
+                "Python stubs' IPC, the HTTP front, the load generator on the same cores) is what served / "
+                "in-process loses." if busy >= 0.9 else
+                ": not CPU-bound, so served / in-process is lost to waiting (queueing, IPC round trips), not to CPU.")
+            + " In-process CPU counts every thread of the process, the model's spinning ones included.", ""] + _table(["process", "CPU ms per question", "share"], rows) + [
+        "", f"CPU per question, in-process / served: **{in_process / total:.2f}** (served / in-process throughput: "
+        f"{paired['median_ratio']:.2f})."]
+
+
 def _buckets(checks: dict) -> list[str]:
     b = checks.get("length_buckets")
     if not b:
@@ -401,9 +435,12 @@ def _threads(results: dict) -> list[str]:
     lines = ["", "## Thread budgets", "",
              "The BERT model's generated config (`bertqa export`), as served here:", ""]
     for key, export in results["exports"].items():
-        params = [line.strip() for line in export["config"].splitlines()
-                  if "key:" in line or "string_value" in line or "count:" in line]
-        lines.append(f"- {key}: " + " ".join(params)[:300])
+        config = export["config"]
+        instances = re.findall(r"instance_group\s*\{[^}]*?count:\s*(\d+)", config)
+        # Top-level parameters only (the openvino ones); the per-input reshape blocks nest theirs deeper.
+        params = re.findall(r'^parameters\s*\{\s*key:\s*"([^"]+)"\s*value\s*\{\s*string_value:\s*"([^"]*)"', config, re.M)
+        settings = ", ".join(f"{k}={v}" for k, v in params if k not in ("RESHAPE_IO_LAYERS",)) or "runtime defaults"
+        lines.append(f"- {key}: {instances[0] if instances else 1} instance(s); {settings}")
     return lines
 
 

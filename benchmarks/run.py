@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from benchmarks import machine, models
+from benchmarks import cpu_split, machine, models
 from benchmarks.flops import BertShape, flops_per_sequence
 from benchmarks.measure import Measurement, ServedSettings, served_points
 from benchmarks.peak import measure_gemm_peak
@@ -353,21 +353,30 @@ class Run:
         for question, context in zip(pairs.questions[:5], pairs.contexts[:5]):
             pipeline.answer([question], [context])
 
+        in_process_ms: list[float] = []  # this process's CPU per question (every thread: the model's included)
+        served_splits: list[cpu_split.CpuSplit] = []  # every process's CPU per question while served
+
         def in_process() -> float:
-            begin = time.perf_counter()
+            begin, cpu = time.perf_counter(), time.process_time()
             for question, context in zip(pairs.questions, pairs.contexts):
                 pipeline.answer([question], [context])
+            in_process_ms.append(1000.0 * (time.process_time() - cpu) / len(pairs))
             return len(pairs) / (time.perf_counter() - begin)
 
         def served() -> float:
-            return self._paired_served(server, pairs, variant, concurrency).pairs_per_s
+            questions_per_s, split = cpu_split.measure(
+                server.pid, lambda: self._paired_served(server, pairs, variant, concurrency).pairs_per_s)
+            served_splits.append(split)
+            return questions_per_s
 
         paired = paired_rounds(served, in_process, rounds, on_round=lambda i, s, p: self.log(
-            f"round {i + 1}: served {s:.1f} vs in-process {p:.1f} questions/s = {s / p:.2f}"))
+            f"round {i + 1}: served {s:.1f} vs in-process {p:.1f} questions/s = {s / p:.2f}; CPU per question "
+            f"served {served_splits[-1].total_ms:.1f} ms vs in-process {in_process_ms[-1]:.1f} ms"))
         del pipeline
-        self.results["checks"]["served_vs_in_process"] = {"variant": default, "protocol": "http",
-                                                          "concurrency": concurrency, "pairs": len(pairs),
-                                                          **paired.as_dict()}
+        self.results["checks"]["served_vs_in_process"] = {
+            "variant": default, "protocol": "http", "concurrency": concurrency, "pairs": len(pairs), **paired.as_dict(),
+            "cpu": {"served": cpu_split.median_split(served_splits),
+                    "in_process_ms_per_question": statistics.median(in_process_ms)}}
 
     def served_vs_hf(self, server, pairs, default: str) -> None:
         """Served / HF pipeline for the CPU default, at concurrency 1 and at its best concurrency, each in

@@ -53,6 +53,13 @@ class ServerProcess(ServerEndpoints):
             time.sleep(0.5)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The `bertqa serve` process (tritonserver and the model stubs are its descendants)."""
+        if self._process is None:
+            raise ServerError("the server is not running")
+        return self._process.pid
+
     def _ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import report
+from benchmarks import cpu_split, report
 from benchmarks.report import targets
+from benchmarks.run import VARIANTS
 from benchmarks.flops import BertShape, flops_per_sequence, model_flop_utilisation
 from benchmarks.models import read_parameter, with_instance_count, with_parameter, without_dynamic_batching
 
@@ -287,6 +290,47 @@ def test_targets_read_served_over_in_process_from_the_paired_rounds():
     assert "median of 3 alternating rounds" in row["basis"] and "0.90, 1.05, 1.00" in row["basis"]
 
 
+def test_cpu_split_names_the_servers_processes():
+    stub = "/tmp/bertqa-triton-x/backends/python/triton_python_backend_stub"
+    assert cpu_split.role_of([stub, "/tmp/bertqa-triton-x/models/bert_openvino_int8/1/model.py", "x"]) == \
+        "bert_openvino_int8 (Python stub)"
+    assert cpu_split.role_of(["/site-packages/pytriton/tritonserver/bin/tritonserver", "--model-repository=/m"]) == \
+        cpu_split.TRITONSERVER
+    assert cpu_split.role_of(["/usr/bin/sleep", "1"]) == "sleep" and cpu_split.role_of([]) == cpu_split.OTHER
+
+
+def test_cpu_split_counts_a_busy_child_per_question():
+    """A real process tree: the 'server' starts a child that burns CPU; its seconds land on its role, per question."""
+    import subprocess
+
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {burn!r}]); time.sleep(30)"])
+    try:
+        import psutil
+
+        deadline = time.monotonic() + 10
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        def served() -> float:
+            time.sleep(1.5)  # the child burns 0.6 s of CPU meanwhile
+            return 10.0  # questions/s: 15 questions in the 1.5 s
+
+        questions_per_s, split = cpu_split.measure(parent.pid, served)
+        assert questions_per_s == 10.0 and split.wall_s >= 1.5
+        child = split.ms_per_question[Path(sys.executable).name]  # the burning child, by its executable
+        assert 30 < child < 50, split.ms_per_question  # 0.6 s of CPU / 15 questions = 40 ms
+        assert split.ms_per_question[cpu_split.FRONT] < 5  # the sleeping parent
+        summary = cpu_split.median_split([split, split])
+        assert summary["rounds"] == 2 and summary["ms_per_question"][Path(sys.executable).name] == pytest.approx(child)
+    finally:
+        for process in psutil.Process(parent.pid).children(recursive=True):
+            process.kill()
+        parent.kill()
+        parent.wait()
+
+
 def test_targets_read_served_over_hf_from_the_paired_rounds():
     results = synthetic_results()
     rounds = {"numerators": [20.0, 22.0, 18.0], "denominators": [2.0, 2.0, 2.5], "ratios": [10.0, 11.0, 7.2],
@@ -390,6 +434,14 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert paired["variant"] == results["default"] and paired["pairs"] == 16 and len(paired["ratios"]) == 2
     assert all(value > 0 for value in paired["numerators"] + paired["denominators"])
     assert f"served / in-process, same engine ({results['default']})" in written[0].read_text()
+    # Where the served CPU went, per process of the real server: the default's model stub and Triton among them.
+    cpu = paired["cpu"]
+    assert cpu["in_process_ms_per_question"] > 0 and cpu["served"]["rounds"] == 2
+    by_role = cpu["served"]["ms_per_question"]
+    model = next(v.model for v in VARIANTS if v.key == results["default"])
+    assert by_role[f"{model} (Python stub)"] > 0 and by_role[cpu_split.TRITONSERVER] > 0
+    assert by_role[cpu_split.LOAD_GENERATOR] > 0 and by_role[cpu_split.FRONT] > 0
+    assert "## Where a served question's CPU goes" in written[0].read_text()
     against_hf = results["checks"]["served_vs_hf"]
     assert against_hf["variant"] == results["default"] and "1" in against_hf["concurrencies"]
     assert all(len(r["ratios"]) == 2 and min(r["ratios"]) > 0 for r in against_hf["concurrencies"].values())
