@@ -278,7 +278,7 @@ def markdown(results: dict, png_name: str) -> str:
                   f"**`make serve` serves {served or 'FP32 only'} (Makefile `CPU_DEFAULT_PRECISION`): it differs**")
         lines += [f"**CPU default by measurement: {default}** — the fastest served variant whose F1 {basis} is at "
                   f"least 99 % of FP32's (issue 13's rule; served throughputs within {SPEED_TIE:.0%} count as one speed, and "
-                  f"then the more accurate on the sample wins); {serves}."]
+                  f"then `make serve`'s current default, else the more accurate on the sample, wins); {serves}."]
     if full:
         lines += ["", "Full-dev accuracy (in-process, one question at a time, through the served ensemble's tokenizer, "
                   f"windowing and decoding; {full.get('note', 'same checkpoint')}):", ""]
