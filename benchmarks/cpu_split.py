@@ -21,7 +21,7 @@ import psutil
 LOAD_GENERATOR = "load generator (bertqa bench, this process)"
 FRONT = "bertqa serve (HTTP front, supervisor, canaries)"
 TRITONSERVER = "tritonserver (HTTP/gRPC, ensemble scheduling, stub IPC)"
-OTHER = "other processes (kernel, idle stubs, ...)"
+OTHER = "other processes and the kernel"
 
 
 def role_of(cmdline: list[str]) -> str:
@@ -62,8 +62,10 @@ def _cpu_seconds(pids) -> dict[int, float]:
 
 
 def _machine_busy_seconds() -> float:
+    """Every CPU's busy time. Not sum(fields) - idle: Linux counts guest time inside user time, and steal
+    is the hypervisor's, not this machine's work."""
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
 
 
 @dataclass
