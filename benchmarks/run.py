@@ -102,6 +102,11 @@ PROFILES = {
 }
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def squad_sample(count: int):
     """(examples, source): every k-th question of SQuAD v1.1 dev, or of the committed slice when dev is absent."""
     from bertqa.squad import dev_slice_path, read_examples, squad_file
@@ -112,7 +117,7 @@ def squad_sample(count: int):
         path, note = dev_slice_path(), "the committed SQuAD v1.1 dev slice (`bertqa data squad` fetches the full set)"
     examples = read_examples(path, require_answers=True)
     step = max(1, len(examples) // count)
-    return examples[::step][:count], f"{note}: every {step}th question, {min(count, len(examples[::step]))} questions"
+    return examples[::step][:count], f"{note}: every {_ordinal(step)} question, {min(count, len(examples[::step]))} questions"
 
 
 def candidate_order(speeds: dict[str, float], sample_f1: dict[str, float], tie: float = SPEED_TIE,

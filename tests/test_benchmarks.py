@@ -465,3 +465,27 @@ def test_server_process_reports_a_server_that_exits_while_starting(tmp_path):
     with pytest.raises(ServerError, match=r"bertqa serve exited with code [1-9]\d* while starting"):
         server.start()
     assert "no question-answering model" in (tmp_path / "serve.log").read_text()
+
+
+def test_ab_compares_two_served_models_in_alternating_rounds(triton_server, tmp_path):
+    """benchmarks.ab against the session's real server: A / A is near 1, each round measured, the CLI writes JSON."""
+    from benchmarks import ab
+    from benchmarks.measure import ServedSettings
+
+    pairs = ab.squad_pairs(8)
+    settings = ServedSettings(window_s=0.5, warmup_s=0.3, max_trials=3)
+    seen = []
+    results = ab.compare(triton_server, "bert_qa", "bert_qa", pairs, [1], 2, settings=settings,
+                         on_round=lambda c, i, a, b: seen.append((c, i)))
+    assert seen == [(1, 0), (1, 1)] and list(results) == [1]
+    assert len(results[1].ratios) == 2 and 0.5 < results[1].median < 2.0  # the same model on both sides
+
+    out = tmp_path / "ab.json"
+    assert ab.main(["bert_qa", "bert_qa", "--url", triton_server.http_url, "--questions", "8", "--rounds", "2",
+                    "--concurrency", "1", "--window", "0.5", "--json", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["questions"] == 8 and len(written["concurrencies"]["1"]["ratios"]) == 2
+    with pytest.raises(Exception, match="no_such_model"):  # a model the server lacks fails loudly, by name
+        ab.compare(triton_server, "bert_qa", "no_such_model", pairs, [1], 1, settings=settings)
+    with pytest.raises(SystemExit):
+        ab.main(["bert_qa", "bert_qa", "--concurrency", "1,x"])
