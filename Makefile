@@ -36,7 +36,8 @@ install-dev: $(VENV)/.dev-installed $(VENV)/checkov/bin/checkov
 
 # The CPU default, chosen by measurement (`make bench`, docs/BENCHMARKS.md): OpenVINO INT8 (NNCF, calibrated on
 # SQuAD questions), the fastest variant keeping 99 % of FP32's full-dev F1 on a Xeon without native BF16 and on
-# one with AMX, where BF16 served no faster (INT8 / BF16 in alternating rounds: 1.09 at concurrency 1, 1.02 at 16).
+# one with AMX, where BF16 served no faster (INT8 / BF16, python -m benchmarks.ab: 1.03-1.10 at concurrency 1,
+# 1.02-1.06 at 16).
 # Served as bert_qa_openvino_int8 beside the FP32 reference bert_qa; converted from the demo's ONNX model on the
 # first run (and again whenever that ONNX model changes). bf16 or fp32 force another, auto = bf16 on CPUs with
 # native BF16 (AVX512_BF16, AMX) else int8, CPU_DEFAULT_PRECISION= none. docker-compose.yml and deploy/kubernetes

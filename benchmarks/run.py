@@ -117,7 +117,9 @@ def squad_sample(count: int):
         path, note = dev_slice_path(), "the committed SQuAD v1.1 dev slice (`bertqa data squad` fetches the full set)"
     examples = read_examples(path, require_answers=True)
     step = max(1, len(examples) // count)
-    return examples[::step][:count], f"{note}: every {_ordinal(step)} question, {min(count, len(examples[::step]))} questions"
+    chosen = examples[::step][:count]
+    return chosen, (f"{note}: every {_ordinal(step)} question, {len(chosen)} questions" if step > 1
+                    else f"{note}: the first {len(chosen)} questions")
 
 
 def candidate_order(speeds: dict[str, float], sample_f1: dict[str, float], tie: float = SPEED_TIE,
