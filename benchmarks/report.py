@@ -12,6 +12,9 @@ FP32 = "ORT FP32"
 # Served throughputs closer than this are one speed when the CPU default is chosen: the same configuration
 # measured twice in one run differs by a few percent here (OpenVINO INT8 at concurrency 16: 110.2 and 112.8/s).
 SPEED_TIE = 0.05
+# Variants whose sweep speed is at least (1 - this) x make serve's current default's are compared with it in
+# alternating rounds before the default is chosen (benchmarks.run).
+CLOSE_TO_INCUMBENT = 0.15
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"
 
 
@@ -279,6 +282,15 @@ def markdown(results: dict, png_name: str) -> str:
         lines += [f"**CPU default by measurement: {default}** — the fastest served variant whose F1 {basis} is at "
                   f"least 99 % of FP32's (issue 13's rule; served throughputs within {SPEED_TIE:.0%} count as one speed, and "
                   f"then `make serve`'s current default, else the more accurate on the sample, wins); {serves}."]
+        against = results["checks"].get("against_incumbent")
+        if against and against["variants"]:
+            lines += ["", f"Served speed against `make serve`'s current default ({against['incumbent']}), for the variants "
+                      f"whose sweep came within {CLOSE_TO_INCUMBENT:.0%}: alternating rounds over {against['protocol'].upper()} at concurrency "
+                      f"{against['concurrency']} (between runs a sweep figure moves by more than the {SPEED_TIE:.0%} tie), A / "
+                      f"{against['incumbent']}:", ""]
+            lines += _table(["variant", "sweep ratio", "round ratios", "median"], [
+                [key, f"{row['sweep_ratio']:.3f}", _numbers(row["ratios"], ".3f"), f"**{row['median_ratio']:.3f}**"]
+                for key, row in against["variants"].items()])
     if full:
         lines += ["", "Full-dev accuracy (in-process, one question at a time, through the served ensemble's tokenizer, "
                   f"windowing and decoding; {full.get('note', 'same checkpoint')}):", ""]

@@ -28,7 +28,7 @@ from benchmarks import cpu_split, machine, models
 from benchmarks.flops import BertShape, flops_per_sequence
 from benchmarks.measure import Measurement, ServedSettings, served_points
 from benchmarks.peak import measure_gemm_peak
-from benchmarks.report import SPEED_TIE, served_cpu_default
+from benchmarks.report import CLOSE_TO_INCUMBENT, SPEED_TIE, served_cpu_default
 from benchmarks.workloads import Workload, fixed_length_workload, padding_flops
 from bertqa.paths import PROJECT_ROOT as ROOT
 
@@ -77,6 +77,9 @@ class Profile:
     # Served / in-process of the CPU default, in alternating rounds (benchmarks.paired): each round one in-process
     # pass over the served pairs and one served measurement of these settings at the default's best concurrency.
     paired_rounds: int = 5
+    # The CPU default's speed comparison: variants close to what `make serve` serves now, in alternating rounds
+    # against it (Run.speeds_against_incumbent); 0: the sweep's figures only.
+    default_rounds: int = 3
     paired_served: ServedSettings = field(default_factory=lambda: ServedSettings(window_s=1.0, warmup_s=1.0, max_trials=3))
     gemm_seconds: float = 1.0
     bert_base_seconds: float = 8.0  # 0: skip the BERT-base FLOP-utilisation guard
@@ -96,7 +99,7 @@ PROFILES = {
                      served=ServedSettings(window_s=0.7, warmup_s=0.3, max_trials=3), scenario_fractions=(1.0,),
                      scenario_window_s=1.0, scenario_min_queries=10, perf_analyzer_interval_ms=800, perf_analyzer_rounds=2,
                      gemm_seconds=0.05,
-                     paired_rounds=2, paired_served=ServedSettings(window_s=0.5, warmup_s=0.3, max_trials=3),
+                     paired_rounds=2, default_rounds=2, paired_served=ServedSettings(window_s=0.5, warmup_s=0.3, max_trials=3),
                      bert_base_seconds=0.3, utilisation_rounds=2, utilisation_round_seconds=0.2,
                      utilisation_shape="4l-288d", full_dev_questions=24),
 }
@@ -272,7 +275,7 @@ class Run:
         server.start()
         try:
             self.served_variants(server, pairs)
-            default = self.choose_default(repository)
+            default = self.choose_default(repository, server, pairs)
             self.served_vs_in_process(server, pairs, repository, default)
             self.served_vs_hf(server, pairs, default)
             self.served_grpc_and_perf_analyzer(server, pairs, default)
@@ -298,7 +301,33 @@ class Run:
         rows = [m for m in self.results["measurements"] if m["system"].startswith("Triton ") and f"({key})" in m["system"]]
         return max(rows, key=lambda m: m["pairs_per_s"])
 
-    def choose_default(self, repository: Path) -> str:
+    def speeds_against_incumbent(self, server, pairs, incumbent: str | None) -> dict[str, float]:
+        """Each variant's best served questions/s (the sweep); those within CLOSE_TO_INCUMBENT of the incumbent's
+        (what `make serve` serves now) are then measured against it in alternating rounds at its best concurrency,
+        and their speed re-read as the incumbent's times the median ratio. Between two runs a sweep figure moves by
+        more than the 5 % tie (OpenVINO INT8 and BF16 traded places on the AMX Xeon); a paired ratio much less."""
+        from benchmarks.paired import paired_rounds
+
+        speeds = {v.key: self.best_served(v.key)["pairs_per_s"] for v in self.variants}
+        if incumbent not in speeds or not self.profile.default_rounds:
+            return speeds
+        base, concurrency = self.variant(incumbent), self.best_served(incumbent)["concurrency"]
+        rounds, checks = self.profile.default_rounds, {}
+        for v in self.variants:
+            if v.key == incumbent or speeds[v.key] < (1.0 - CLOSE_TO_INCUMBENT) * speeds[incumbent]:
+                continue
+            self.step(f"{v.key} / {incumbent}: {rounds} alternating rounds (HTTP, concurrency {concurrency})")
+            paired = paired_rounds(lambda: self._paired_served(server, pairs, v, concurrency).pairs_per_s,
+                                   lambda: self._paired_served(server, pairs, base, concurrency).pairs_per_s, rounds)
+            checks[v.key] = {**paired.as_dict(), "sweep_ratio": speeds[v.key] / speeds[incumbent]}
+            self.log(f"{v.key} / {incumbent}: sweep {speeds[v.key] / speeds[incumbent]:.3f}, rounds "
+                     f"{', '.join(f'{r:.3f}' for r in paired.ratios)} (median {paired.median:.3f})")
+            speeds[v.key] = speeds[incumbent] * paired.median
+        self.results["checks"]["against_incumbent"] = {"incumbent": incumbent, "concurrency": concurrency,
+                                                       "protocol": "http", "variants": checks}
+        return speeds
+
+    def choose_default(self, repository: Path, server, pairs) -> str:
         """Issue 13's CPU default: the fastest served variant whose F1 on the whole SQuAD v1.1 dev set is at
         least 99 % of FP32's. Variants are tried fastest first, so only FP32 and the candidates down to the
         first that passes are evaluated (each evaluation is minutes: every dev question, one at a time)."""
@@ -322,7 +351,7 @@ class Run:
 
         rows, default = [full_dev(fp32)], FP32
         incumbent = served_cpu_default(capabilities=self.results["machine"].get("openvino_cpu_capabilities"))
-        order = candidate_order({v.key: self.best_served(v.key)["pairs_per_s"] for v in self.variants},
+        order = candidate_order(self.speeds_against_incumbent(server, pairs, incumbent),
                                 {v.key: self.results["inprocess"][v.key]["f1"] for v in self.variants}, incumbent=incumbent)
         for v in sorted(self.variants, key=lambda v: order.index(v.key)):
             if v is fp32:  # nothing faster kept the accuracy: FP32 itself

@@ -435,6 +435,13 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert len(rounds["ratios"]) == 2 and rounds["engine"] in utilisation["engines"]
     assert rounds["gemm"]["engine"] == results["gemm"]["best"]["engine"] and all(r > 0 for r in rounds["ratios"])
     assert "FP32 model FLOP utilisation (4l-288d, " in written[0].read_text()
+    # The default was chosen with the variants close to make serve's current one measured against it in rounds.
+    against = results["checks"]["against_incumbent"]
+    assert against["incumbent"] == report.served_cpu_default(capabilities=results["machine"].get("openvino_cpu_capabilities"))
+    assert all(len(row["ratios"]) == 2 and row["median_ratio"] > 0 for row in against["variants"].values())
+    assert incumbent_compared_or_clearly_slower(results, against)
+    if against["variants"]:
+        assert f"Served speed against `make serve`'s current default ({against['incumbent']})" in written[0].read_text()
     # Served / in-process in alternating rounds on the served pairs, at the default's best concurrency.
     paired = results["checks"]["served_vs_in_process"]
     assert paired["variant"] == results["default"] and paired["pairs"] == 16 and len(paired["ratios"]) == 2
@@ -489,3 +496,12 @@ def test_ab_compares_two_served_models_in_alternating_rounds(triton_server, tmp_
         ab.compare(triton_server, "bert_qa", "no_such_model", pairs, [1], 1, settings=settings)
     with pytest.raises(SystemExit):
         ab.main(["bert_qa", "bert_qa", "--concurrency", "1,x"])
+
+
+def incumbent_compared_or_clearly_slower(results: dict, against: dict) -> bool:
+    """Every variant but the incumbent was either measured against it in rounds or swept clearly slower."""
+    from benchmarks.report import CLOSE_TO_INCUMBENT, _best
+
+    incumbent = _best(results, against["incumbent"])["pairs_per_s"]
+    return all(key in against["variants"] or _best(results, key)["pairs_per_s"] < (1 - CLOSE_TO_INCUMBENT) * incumbent
+               for key in results["inprocess"] if key != against["incumbent"])
