@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,9 +39,9 @@ def role_of(cmdline: list[str]) -> str:
     return executable
 
 
-def process_roles(server_pid: int, client_pid: int | None = None) -> dict[int, str]:
-    """pid -> role for the `bertqa serve` process, everything it started, and the load generator."""
-    roles = {server_pid: FRONT, (client_pid or os.getpid()): LOAD_GENERATOR}
+def process_roles(server_pid: int) -> dict[int, str]:
+    """pid -> role for the `bertqa serve` process, everything it started, and the load generator (this process)."""
+    roles = {server_pid: FRONT, os.getpid(): LOAD_GENERATOR}
     for child in psutil.Process(server_pid).children(recursive=True):
         try:
             roles[child.pid] = role_of(child.cmdline())
@@ -77,16 +77,10 @@ class CpuSplit:
     cores: int
     questions_per_s: float
     wall_s: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def total_ms(self) -> float:
         return sum(self.ms_per_question.values())
-
-    def as_dict(self) -> dict:
-        return {"ms_per_question": self.ms_per_question, "machine_busy_cores": self.machine_busy_cores,
-                "cores": self.cores, "questions_per_s": self.questions_per_s, "wall_s": self.wall_s,
-                "total_ms": self.total_ms}
 
 
 def measure(server_pid: int, served: Callable[[], float]) -> tuple[float, CpuSplit]:

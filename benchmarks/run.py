@@ -306,7 +306,7 @@ class Run:
         (what `make serve` serves now) are then measured against it in alternating rounds at its best concurrency,
         and their speed re-read as the incumbent's times the median ratio. Between two runs a sweep figure moves by
         more than the 5 % tie (OpenVINO INT8 and BF16 traded places on the AMX Xeon); a paired ratio much less."""
-        from benchmarks.paired import paired_rounds
+        from benchmarks.ab import compare
 
         speeds = {v.key: self.best_served(v.key)["pairs_per_s"] for v in self.variants}
         if incumbent not in speeds or not self.profile.default_rounds:
@@ -317,8 +317,8 @@ class Run:
             if v.key == incumbent or speeds[v.key] < (1.0 - CLOSE_TO_INCUMBENT) * speeds[incumbent]:
                 continue
             self.step(f"{v.key} / {incumbent}: {rounds} alternating rounds (HTTP, concurrency {concurrency})")
-            paired = paired_rounds(lambda: self._paired_served(server, pairs, v, concurrency).pairs_per_s,
-                                   lambda: self._paired_served(server, pairs, base, concurrency).pairs_per_s, rounds)
+            paired = compare(server, v.ensemble, base.ensemble, pairs, [concurrency], rounds,
+                             settings=self.profile.paired_served)[concurrency]
             checks[v.key] = {**paired.as_dict(), "sweep_ratio": speeds[v.key] / speeds[incumbent]}
             self.log(f"{v.key} / {incumbent}: sweep {speeds[v.key] / speeds[incumbent]:.3f}, rounds "
                      f"{', '.join(f'{r:.3f}' for r in paired.ratios)} (median {paired.median:.3f})")
