@@ -273,7 +273,7 @@ def openvino_model_config(name: str, inputs, outputs, parameters: OpenVinoParame
     ``RESHAPE_IO_LAYERS YES`` keeps the config's variable sequence length, ``ENABLE_BATCH_PADDING YES``
     accepts batches smaller than max_batch_size (it pads them; the embedded backend never pads).
     ``warmup_lengths`` (qa_preprocess's sequence buckets): ``model_warmup`` runs every shape the
-    embedded backend will run (each length, 1..chunk_rows(length) rows) before the model is ready.
+    embedded backend will run (each length, 1..chunk_rows(length, TOKENS_PER_RUN) rows) before the model is ready.
     """
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
@@ -286,7 +286,7 @@ def openvino_model_config(name: str, inputs, outputs, parameters: OpenVinoParame
         target.add(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims))
     config.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
     for length in warmup_lengths:
-        for rows in range(1, chunk_rows(length) + 1):
+        for rows in range(1, chunk_rows(length, parameters.TOKENS_PER_RUN) + 1):
             warmup = config.model_warmup.add(name=f"{rows}x{length}", batch_size=rows)
             for spec in inputs:
                 data = warmup.inputs[spec.name]

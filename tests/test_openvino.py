@@ -36,6 +36,7 @@ PAIRS = [
     ({"HINT_BF16": "maybe"}, "HINT_BF16"),
     ({"INFERENCE_PRECISION_HINT": "f16"}, "INFERENCE_PRECISION_HINT"),
     ({"HINT_BF16": "YES", "INFERENCE_PRECISION_HINT": "f32"}, "contradicts"),
+    ({"TOKENS_PER_RUN": "0"}, "TOKENS_PER_RUN"),
     ({"NUM_STREMS": "1"}, "unknown parameters"),
 ])
 def test_bad_parameters_are_named(raw, message):
@@ -89,34 +90,47 @@ def test_generated_config_is_read_back_by_the_embedded_backend(precision):
     assert len(config.model_warmup) == 0
 
 
-def test_warmup_covers_every_shape_the_backend_runs():
+@pytest.mark.parametrize("tokens_per_run", [512, None])
+def test_warmup_covers_every_shape_the_backend_runs(tokens_per_run):
+    import dataclasses
+
     from bertqa.export.openvino import openvino_model_config, runtime_parameters
     from bertqa.export.repository import TensorSpec, parse_config
-    from bertqa.openvino_runtime import chunk_rows
 
+    params = runtime_parameters("int8")
+    if tokens_per_run:
+        params = dataclasses.replace(params, TOKENS_PER_RUN=tokens_per_run)
     inputs = [TensorSpec(n, "TYPE_INT64", (-1,)) for n in ("input_ids", "attention_mask", "token_type_ids")]
     text = openvino_model_config("m", inputs, [TensorSpec("start_logits", "TYPE_FP32", (-1,))],
-                                 runtime_parameters("int8"), warmup_lengths=(128, 384))
-    shapes = {(w.batch_size, tuple(w.inputs["input_ids"].dims)) for w in parse_config(text, "m").model_warmup}
-    assert shapes == {(rows, (length,)) for length in (128, 384) for rows in range(1, chunk_rows(length) + 1)}
+                                 params, warmup_lengths=(128, 384))
+    config = parse_config(text, "m")
+    shapes = {(w.batch_size, tuple(w.inputs["input_ids"].dims)) for w in config.model_warmup}
+    most_rows = {length: params.TOKENS_PER_RUN // length for length in (128, 384)}
+    assert shapes == {(rows, (length,)) for length, most in most_rows.items() for rows in range(1, most + 1)}
+    assert config.parameters["TOKENS_PER_RUN"].string_value == str(params.TOKENS_PER_RUN)
 
 
 def test_batches_run_in_bounded_chunks_with_the_same_logits(tmp_path):
     """Chunking (and the stream/latency-model split) changes no logit: a batch equals its rows run alone."""
     import openvino as ov
 
-    from bertqa.openvino_runtime import chunk_rows
-
     ids = ov.opset13.parameter([-1, -1], ov.Type.i64, name="input_ids")
     scores = ov.opset13.convert(ids, ov.Type.f32)
     model = ov.Model([ov.opset13.multiply(scores, ov.opset13.constant(np.float32(0.5)))], [ids], "m")
     model.outputs[0].get_tensor().set_names({"start_logits"})
     ov.save_model(model, str(tmp_path / "model.xml"))
-    rows = 2 * chunk_rows(128) + 1
+    rows = 2 * (256 // 128) + 1
     feeds = {"input_ids": np.arange(rows * 128, dtype=np.int64).reshape(rows, 128)}
-    for params in (OpenVinoParameters(), OpenVinoParameters(NUM_STREAMS="2", INFERENCE_NUM_THREADS=2, LATENCY_THREADS=2)):
-        (out,) = OpenVinoSession(tmp_path / "model.xml", params).run(None, feeds)
+    for params in (OpenVinoParameters(TOKENS_PER_RUN=256),
+                   OpenVinoParameters(NUM_STREAMS="2", INFERENCE_NUM_THREADS=2, LATENCY_THREADS=2, TOKENS_PER_RUN=256)):
+        session = OpenVinoSession(tmp_path / "model.xml", params)
+        chunks = []
+        run_chunk = session._run_chunk
+        session._run_chunk = lambda names, part: chunks.append(len(part["input_ids"])) or run_chunk(names, part)
+        (out,) = session.run(None, feeds)
         assert np.array_equal(out, feeds["input_ids"] * 0.5)
+        if session.streams == 1:  # one stream: chunk by chunk, at most 256 tokens each
+            assert chunks == [2, 2, 1]
 
 
 # --------------------------------------------------------------------------------------------------
