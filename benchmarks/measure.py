@@ -72,6 +72,31 @@ def reference_throughput(pipeline, workload: Workload, *, batch_size: int, min_s
                        detail=f"batches of {batch_size} pairs, {elapsed:.1f} s")
 
 
+def forward_passes_alone(pipeline, workload: Workload):
+    """A pass of the model's forward passes alone over the workload's windows, as questions/s: every pair's
+    windows padded to its own bucket (as one question per request is), all windows of a length batched
+    together in the served model's chunks. No tokenization, decoding or serving: what a server with
+    perfect batching and no overhead of its own would answer at most."""
+    import numpy as np
+
+    by_length: dict[int, list] = {}
+    for question, context in zip(workload.questions, workload.contexts):
+        windows = pipeline.windower.windows([question], [context])
+        by_length.setdefault(windows.input_ids.shape[1], []).append(windows)
+    batches = [[np.concatenate([getattr(w, name) for w in group]) for name in ("input_ids", "attention_mask",
+                                                                            "token_type_ids")]
+               for group in by_length.values()]
+    pipeline.logits(*batches[0])  # warm-up
+
+    def one_pass() -> float:
+        begin = time.perf_counter()
+        for batch in batches:
+            pipeline.logits(*batch)
+        return len(workload) / (time.perf_counter() - begin)
+
+    return one_pass
+
+
 def load_hf_pipeline(checkpoint: Path):
     import torch
     from transformers import AutoTokenizer, BertForQuestionAnswering, pipeline

@@ -277,7 +277,7 @@ class Run:
             self.served_variants(server, pairs)
             default = self.choose_default(repository, server, pairs)
             self.served_vs_in_process(server, pairs, repository, default)
-            self.served_vs_hf(server, pairs, default)
+            self.served_vs_hf(server, pairs, repository, default)
             self.served_grpc_and_perf_analyzer(server, pairs, default)
             self.server_scenario(server, pairs, default)
             self.length_buckets(server, pairs, repository)
@@ -419,19 +419,22 @@ class Run:
             "cpu": {"served": cpu_split.median_split(served_splits),
                     "in_process_ms_per_question": statistics.median(in_process_ms)}}
 
-    def served_vs_hf(self, server, pairs, default: str) -> None:
+    def served_vs_hf(self, server, pairs, repository: Path, default: str) -> None:
         """Served / HF pipeline for the CPU default, at concurrency 1 and at its best concurrency, each in
-        alternating rounds (benchmarks.paired) against a pass of the HF pipeline over the same pairs."""
+        alternating rounds (benchmarks.paired) against a pass of the HF pipeline over the same pairs; then the
+        bound on any server: the default's forward passes alone, perfectly batched, against the pipeline."""
         import torch
 
+        from benchmarks.measure import forward_passes_alone
         from benchmarks.paired import paired_rounds
+        from bertqa.reference import ReferencePipeline
 
         qa = self.hf_qa
         variant = self.variant(default)
         concurrencies = sorted({1, self.best_served(default)["concurrency"]})
         rounds = self.profile.paired_rounds
         self.step(f"served / HF pipeline, {default}: {rounds} alternating rounds at concurrency "
-                  f"{', '.join(map(str, concurrencies))}")
+                  f"{', '.join(map(str, concurrencies))}, then its forward passes alone")
 
         def hf_pass() -> float:
             begin = time.perf_counter()
@@ -448,9 +451,15 @@ class Run:
             paired = paired_rounds(served, hf_pass, rounds, on_round=lambda i, s, h, c=concurrency: self.log(
                 f"concurrency {c}, round {i + 1}: served {s:.1f} vs HF pipeline {h:.1f} questions/s = {s / h:.2f}"))
             checks[str(concurrency)] = paired.as_dict()
+        pipeline = ReferencePipeline.from_repository(repository, variant.model)
+        bound = paired_rounds(forward_passes_alone(pipeline, pairs), hf_pass, rounds,
+                              on_round=lambda i, f, h: self.log(
+                                  f"round {i + 1}: forward passes alone {f:.1f} vs HF pipeline {h:.1f} questions/s "
+                                  f"= {f / h:.2f}"))
+        del pipeline
         self.hf_qa = None
         self.results["checks"]["served_vs_hf"] = {"variant": default, "protocol": "http", "pairs": len(pairs),
-                                                  "concurrencies": checks}
+                                                  "concurrencies": checks, "forward_passes_alone": bound.as_dict()}
 
     def served_grpc_and_perf_analyzer(self, server, pairs, default: str) -> None:
         from benchmarks import perf_analyzer

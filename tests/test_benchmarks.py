@@ -347,6 +347,12 @@ def test_targets_read_served_over_hf_from_the_paired_rounds():
     c1 = rows["served CPU default (OpenVINO BF16) / HF pipeline, concurrency 1, alternating rounds"]
     assert c1["measured"] == pytest.approx(10.0) and c1["met"] and "round ratios 10.00, 11.00, 7.20" in c1["basis"]
     assert rows["served CPU default (OpenVINO BF16) / HF pipeline, concurrency 4, alternating rounds"]["met"] is False
+    assert not any("forward passes alone" in name for name in rows)  # older results: no bound measured
+    bound = {**rounds, "ratios": [5.0, 5.5, 4.5], "median_ratio": 5.0, "median_numerator": 160.0}
+    results["checks"]["served_vs_hf"]["forward_passes_alone"] = bound
+    rows = {t["target"]: t for t in targets(results)}
+    row = rows["OpenVINO BF16's forward passes alone / HF pipeline (the bound on any server of this checkpoint)"]
+    assert row["measured"] == pytest.approx(5.0) and row["met"] is None and "5.00, 5.50, 4.50" in row["basis"]
     # The one-pass rows stay as context, no longer judged.
     one_pass = rows["best served variant / HF pipeline, concurrency 1"]
     assert one_pass["required"] == "compared" and one_pass["met"] is None
@@ -459,6 +465,10 @@ def test_orchestrator_end_to_end_with_a_tiny_model(tmp_path):
     assert against_hf["variant"] == results["default"] and "1" in against_hf["concurrencies"]
     assert all(len(r["ratios"]) == 2 and min(r["ratios"]) > 0 for r in against_hf["concurrencies"].values())
     assert f"served CPU default ({results['default']}) / HF pipeline, concurrency 1" in written[0].read_text()
+    # The bound on any server: the default's forward passes alone, perfectly batched, against the same pipeline.
+    bound = against_hf["forward_passes_alone"]
+    assert len(bound["ratios"]) == 2 and min(bound["ratios"]) > 0
+    assert f"{results['default']}'s forward passes alone / HF pipeline" in written[0].read_text()
 
 
 def test_server_process_reports_a_server_that_exits_while_starting(tmp_path):
