@@ -34,15 +34,15 @@ $(VENV)/checkov/bin/checkov: | $(BIN)/python
 install: $(VENV)/.serve-installed
 install-dev: $(VENV)/.dev-installed $(VENV)/checkov/bin/checkov
 
-# The CPU default, chosen by measurement (`make bench`, docs/BENCHMARKS.md): OpenVINO INT8 (NNCF, calibrated on
-# SQuAD questions), the fastest variant keeping 99 % of FP32's full-dev F1 on a Xeon without native BF16 and on
-# one with AMX, where BF16 served no faster (INT8 / BF16, python -m benchmarks.ab: 1.03-1.10 at concurrency 1,
-# 1.02-1.06 at 16).
-# Served as bert_qa_openvino_int8 beside the FP32 reference bert_qa; converted from the demo's ONNX model on the
-# first run (and again whenever that ONNX model changes). bf16 or fp32 force another, auto = bf16 on CPUs with
-# native BF16 (AVX512_BF16, AMX) else int8, CPU_DEFAULT_PRECISION= none. docker-compose.yml and deploy/kubernetes
-# use the same default (tested).
-CPU_DEFAULT_PRECISION ?= int8
+# The CPU default, chosen by measurement (`make bench`, docs/BENCHMARKS.md), per CPU: `auto` converts OpenVINO
+# BF16 on CPUs with native BF16 (AVX512_BF16, AMX), where it serves as fast as INT8 (BF16 / INT8 in alternating
+# rounds, python -m benchmarks.ab: 0.98 at concurrency 1, 1.00 at 16; make bench: 1.05) and keeps FP32's full-dev
+# F1 (82.88 vs INT8's 82.59), and OpenVINO INT8 elsewhere (there OpenVINO would emulate BF16, about 30x slower
+# than FP32, so a BF16 variant runs in f32). Served as bert_qa_openvino_bf16 or _int8 (the conversion prints
+# which) beside the FP32 reference bert_qa; converted from the demo's ONNX model on the first run (and again
+# whenever that ONNX model changes). bf16, int8 or fp32 force one; CPU_DEFAULT_PRECISION= none.
+# docker-compose.yml and deploy/kubernetes use the same default (tested).
+CPU_DEFAULT_PRECISION ?= auto
 serve: $(VENV)/.serve-installed
 	$(BIN)/bertqa install-demo
 	$(if $(CPU_DEFAULT_PRECISION),$(BIN)/python -m bertqa.export.openvino --repository model_repository --precision $(CPU_DEFAULT_PRECISION) --if-missing)

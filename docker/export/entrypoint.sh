@@ -15,9 +15,9 @@ repository="${MODEL_REPOSITORY:-/models}"
 checkpoint_dir="${CHECKPOINT_DIR:-/checkpoint}"
 formats="${EXPORT_FORMATS:-auto}"
 mode="${EXPORT_MODE:-always}"
-# The CPU default chosen by measurement (`make bench`, docs/BENCHMARKS.md): int8; auto = bf16 on CPUs with
-# native BF16, else int8 (decided by the conversion on this host); set but empty = none.
-cpu_default="${CPU_DEFAULT_PRECISION-int8}"
+# The CPU default chosen by measurement (`make bench`, docs/BENCHMARKS.md); auto = bf16 on CPUs with native
+# BF16, else int8 (decided by the conversion on this host); set but empty = none.
+cpu_default="${CPU_DEFAULT_PRECISION-auto}"
 log() { echo "[bertqa-export] $*" >&2; }
 has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
