@@ -88,7 +88,8 @@ class OpenVinoParameters:
     # pre/post-processing on a small host, a pinned thread waits for its busy core while the other
     # core idles (measured under load: unpinned never slower, often faster).
     ENABLE_CPU_PINNING: bool = False
-    # Embedded only: a merged batch runs in chunks of at most this many tokens (chunk_rows).
+    # The project's backend only (embedded and in the Triton image; Triton's native openvino backend ignores
+    # it): a merged batch runs in chunks of at most this many tokens (chunk_rows).
     TOKENS_PER_RUN: int = TOKENS_PER_RUN
 
     def __post_init__(self) -> None:
