@@ -64,8 +64,8 @@ PRECISIONS = ("f32", "bf16")
 TOKENS_PER_RUN = 2048
 
 
-def chunk_rows(length: int, tokens_per_run: int = TOKENS_PER_RUN) -> int:
-    """Rows per run for windows of ``length`` tokens."""
+def chunk_rows(length: int, tokens_per_run: int) -> int:
+    """Rows per run for windows of ``length`` tokens (``tokens_per_run``: the model's TOKENS_PER_RUN parameter)."""
     return max(1, tokens_per_run // max(1, length))
 HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
@@ -189,7 +189,7 @@ class OpenVinoSession:
         return [np.array(request.get_tensor(name).data, copy=True) for name in names]
 
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs for a batch, run in chunks of ``chunk_rows(length)`` rows (spread over the streams)."""
+        """Outputs for a batch, run in chunks of ``chunk_rows(length, TOKENS_PER_RUN)`` rows (spread over the streams)."""
         names = list(output_names or self.output_names)
         first = next(iter(feeds.values()))
         rows, step = first.shape[0], chunk_rows(first.shape[1] if first.ndim > 1 else 1, self.parameters.TOKENS_PER_RUN)
